@@ -1,0 +1,195 @@
+"""The covidlens command line: each command is a thin call into the package."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+
+from covidlens.errors import CovidlensError
+from covidlens.progress import console
+
+app = typer.Typer(
+    help="Reproduce, compare, explain and deploy COVID-19 classifiers of chest CT on one honest pipeline.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out_console = console.__class__()  # stdout, for tables a user may pipe
+
+
+@app.command()
+def synth(
+    kind: Annotated[str, typer.Argument(help="what to generate: ct-slices")],
+    out: Annotated[Path, typer.Argument(help="new folder to write the dataset into")],
+    patients: Annotated[int, typer.Option(help="number of patients (COVID / Healthy / Others like paper 000)")] = 60,
+    seed: Annotated[int, typer.Option(help="random seed; the same seed gives byte-identical files")] = 0,
+    difficulty: Annotated[float, typer.Option(help="0 = obvious findings, 1 = very subtle")] = 0.5,
+    size: Annotated[int, typer.Option(help="slice side in pixels")] = 512,
+    min_slices: Annotated[int, typer.Option(help="fewest slices per patient")] = 10,
+    max_slices: Annotated[int, typer.Option(help="most slices per patient")] = 30,
+) -> None:
+    """Write a synthetic chest CT dataset in paper 000's layout (class / patient / slice PNGs + lesion masks)."""
+    from covidlens.data.synth import synthesize
+    from covidlens.progress import progress_bar
+
+    with progress_bar(f"synth {kind}", patients) as update:
+        rows = synthesize(
+            kind, out, patients, seed=seed, difficulty=difficulty, size=size, slices=(min_slices, max_slices),
+            progress=update,
+        )
+    console.print(f"wrote {len(rows)} images of {rows['patient_id'].nunique()} patients to {out}")
+
+
+@app.command()
+def layouts() -> None:
+    """List the dataset layouts `covidlens index` understands."""
+    from covidlens.data.index import list_layouts
+
+    for name, description in list_layouts():
+        out_console.print(f"[bold]{name}[/]  {description}")
+
+
+@app.command()
+def index(
+    data: Annotated[Path, typer.Argument(help="dataset folder, or a CSV with path,label[,patient_id] columns")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="manifest CSV to write")] = Path("manifest.csv"),
+    format: Annotated[str | None, typer.Option("--format", help="layout name (see `covidlens layouts`)")] = None,
+    patient_regex: Annotated[
+        str | None, typer.Option(help="regex whose first group takes the patient id from each relative path")
+    ] = None,
+    no_patients: Annotated[
+        bool, typer.Option("--no-patients", help="no patient ids: split image-wise (reports will say so)")
+    ] = False,
+) -> None:
+    """Index a dataset folder into a manifest: one row per image with its label and patient."""
+    from covidlens.data.adapters.base import IndexOptions
+    from covidlens.data.index import index_dataset
+    from covidlens.data.manifest import is_image_wise, summarize, write_manifest
+
+    result = index_dataset(data, layout=format, options=IndexOptions(patient_regex, no_patients))
+    write_manifest(result.manifest, output)
+    out_console.print(f"layout: {result.layout}")
+    out_console.print(summarize(result.manifest).to_string())
+    if is_image_wise(result.manifest):
+        console.print("[yellow]no patient ids: splits will be image-wise and may leak; reports say so[/]")
+    if result.skipped:
+        console.print(f"[yellow]skipped {len(result.skipped)} unreadable file(s):[/]")
+        for path, reason in result.skipped:
+            console.print(f"  {path}: {reason}")
+    console.print(f"wrote {output} ({len(result.manifest)} rows)")
+
+
+@app.command()
+def cv(
+    recipe: Annotated[str, typer.Argument(help="built-in recipe name (see `covidlens recipes`) or a YAML file")],
+    data: Annotated[str, typer.Option(help="dataset folder or manifest CSV")],
+    out: Annotated[Path | None, typer.Option(help="run directory; default runs/<recipe name>")] = None,
+    rounds: Annotated[int | None, typer.Option(help="CV rounds (overrides cv.rounds)")] = None,
+    folds: Annotated[int | None, typer.Option(help="folds per round (overrides cv.folds)")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="override a recipe field, e.g. --set train.epochs=5")
+    ] = None,
+    format: Annotated[str | None, typer.Option("--format", help="dataset layout when DATA is a folder")] = None,
+    patient_regex: Annotated[str | None, typer.Option(help="see `covidlens index --help`")] = None,
+    no_patients: Annotated[bool, typer.Option("--no-patients", help="see `covidlens index --help`")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars")] = False,
+) -> None:
+    """Patient-wise repeated k-fold cross-validation; writes (or resumes) a run directory and its report."""
+    from covidlens.config import load_recipe
+    from covidlens.data.adapters.base import IndexOptions
+    from covidlens.evaluate.aggregate import format_summary_table
+    from covidlens.report.html import write_report
+    from covidlens.train.cv import run_cv
+
+    overrides = list(set_ or [])
+    overrides += [f"cv.rounds={rounds}"] if rounds is not None else []
+    overrides += [f"cv.folds={folds}"] if folds is not None else []
+    loaded = load_recipe(recipe, overrides)
+    run_dir = out or Path("runs") / loaded.name
+    summary = run_cv(loaded, data, run_dir, format, IndexOptions(patient_regex, no_patients), not quiet)
+    report = write_report(run_dir)
+    out_console.print(format_summary_table(summary))
+    console.print(f"run directory: {run_dir}  report: {report}")
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="a finished run directory")]) -> None:
+    """(Re)write report.html of a run from the tables on disk."""
+    from covidlens.report.html import write_report
+
+    console.print(f"wrote {write_report(run_dir)}")
+
+
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Argument(help="run directory (averages its fold models) or a checkpoint .pt")],
+    paths: Annotated[list[Path], typer.Argument(help="image files and/or folders")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="CSV to write")] = Path("predictions.csv"),
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+) -> None:
+    """Classify images with class probabilities."""
+    from covidlens import atomic
+    from covidlens.deploy.predict import collect_inputs, predict_files
+
+    files, skipped = collect_inputs(paths)
+    for path, reason in skipped:
+        console.print(f"[yellow]skipped {path}: {reason}[/]")
+    table = predict_files(model, files, device=device)
+    atomic.write_csv(output, table)
+    console.print(f"wrote {output} ({len(table)} images)")
+
+
+@app.command()
+def models() -> None:
+    """List covidlens' own models; any timm model name works in a recipe too."""
+    from covidlens.models import MODELS
+
+    for name in MODELS.names():
+        spec = MODELS.get(name)
+        out_console.print(f"{name}  paper {spec.paper}  input {spec.input_size}px  {spec.spatial_dims}D")
+    out_console.print("any timm architecture name also works (e.g. efficientnet_b0, resnet50, densenet121)")
+
+
+@app.command()
+def recipes() -> None:
+    """List the built-in recipes."""
+    from covidlens.config import builtin_recipes, load_recipe
+
+    for name in builtin_recipes():
+        out_console.print(f"[bold]{name}[/]  {load_recipe(name).description}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="folder for the synthetic data and the run")] = Path("demo-run"),
+    patients: Annotated[int, typer.Option(help="synthetic patients")] = 60,
+    difficulty: Annotated[float, typer.Option(help="0 = obvious findings, 1 = very subtle")] = 0.5,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+) -> None:
+    """synth -> index -> 5-fold patient-wise CV of a small CNN -> report, on synthetic CT, in minutes."""
+    from covidlens.demo import run_demo
+
+    run_demo(out, patients=patients, difficulty=difficulty, seed=seed)
+
+
+def main() -> None:
+    """Entry point: user errors print one line and exit 2; no traceback."""
+    try:
+        app(standalone_mode=False)
+    except CovidlensError as exc:
+        console.print(f"[red]error:[/] {exc}", soft_wrap=True, markup=True, highlight=False)
+        sys.exit(2)
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        console.print("interrupted; rerun the same command to resume")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""Recipe schema, YAML loading and `--set key=value` overrides."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from covidlens.errors import CovidlensError
+
+
+class Section(BaseModel):
+    """A recipe section: unknown keys are errors, so a typo never passes silently."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class DataConfig(Section):
+    image_size: int = Field(224, ge=8, description="side of the square model input, pixels")
+    channels: Literal[1, 3] = 3
+    window: tuple[float, float] | None = Field(None, description="HU window (level, width) for 16-bit / HU data")
+    cache: bool = True
+    classes: list[str] | None = Field(None, description="class order; default: sorted labels")
+
+
+class ModelConfig(Section):
+    name: str = "resnet18"
+    pretrained: bool = False
+    weights: str | None = None
+    drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class OptimizerConfig(Section):
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-4, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class SchedulerConfig(Section):
+    name: Literal["none", "plateau", "step"] = "none"
+    factor: float = Field(0.5, gt=0, le=1)
+    patience: int = Field(3, ge=0)
+    min_delta: float = Field(1e-4, ge=0)
+    step_size: int = Field(10, ge=1)
+    monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
+
+
+class AugmentConfig(Section):
+    """Random affine augmentation of training images (Keras ImageDataGenerator semantics)."""
+
+    rotation: tuple[float, float] = Field((0.0, 0.0), description="rotation range, degrees")
+    zoom: tuple[float, float] = Field((1.0, 1.0), description="scale range; 1 = no zoom")
+    width_shift: float = Field(0.0, ge=0, lt=1, description="max horizontal shift, fraction of width")
+    height_shift: float = Field(0.0, ge=0, lt=1, description="max vertical shift, fraction of height")
+    shear: float = Field(0.0, ge=0, lt=1, description="max shear factor (tan of the shear angle)")
+    hflip: bool = False
+    vflip: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        """True when any transformation is switched on."""
+        return self != AugmentConfig()
+
+
+class TrainConfig(Section):
+    epochs: int = Field(25, ge=1)
+    batch_size: int = Field(32, ge=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    optimizer: OptimizerConfig = OptimizerConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    augment: AugmentConfig = AugmentConfig()
+    restore_best: bool = True
+    monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
+    device: str = "auto"
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; default: torch's choice")
+
+
+class CVConfig(Section):
+    folds: int = Field(5, ge=2)
+    rounds: int = Field(1, ge=1)
+    val_fraction: float = Field(0.15, gt=0, lt=1)
+    seed: int = 0
+
+
+class EvaluateConfig(Section):
+    confidence: float = Field(0.95, gt=0, lt=1)
+    ci_unit: Literal["fold", "round"] = "fold"
+
+
+class Recipe(Section):
+    name: str = "custom"
+    paper: str = ""
+    description: str = ""
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    cv: CVConfig = CVConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+
+
+def builtin_recipes() -> list[str]:
+    """Names of the recipes shipped with covidlens."""
+    folder = resources.files("covidlens") / "recipes"
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def recipe_text(name_or_path: str) -> tuple[str, str]:
+    """The YAML text of a built-in recipe name or a recipe file, and where it came from."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise CovidlensError(f"{path}: recipe file not found")
+        return path.read_text(encoding="utf-8"), str(path)
+    if name_or_path not in builtin_recipes():
+        raise CovidlensError(
+            f"unknown recipe {name_or_path!r}; built-in recipes: {', '.join(builtin_recipes())}, "
+            "or give a path to a .yaml file"
+        )
+    text = (resources.files("covidlens") / "recipes" / f"{name_or_path}.yaml").read_text(encoding="utf-8")
+    return text, f"built-in recipe {name_or_path}"
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Split `a.b.c=value` into its key path and a YAML-parsed value."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise CovidlensError(f"--set {item!r}: expected key=value, e.g. --set train.epochs=5")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `--set` overrides to a recipe dict (in place) and return it."""
+    for item in overrides:
+        keys, value = parse_override(item)
+        node = data
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise CovidlensError(f"--set {item!r}: {key!r} is a value, not a section")
+            node = child
+        node[keys[-1]] = value
+    return data
+
+
+def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe:
+    """Load a recipe by built-in name or path, apply overrides and validate it."""
+    text, origin = recipe_text(name_or_path)
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise CovidlensError(f"{origin}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise CovidlensError(f"{origin}: a recipe must be a mapping of sections")
+    apply_overrides(data, overrides or [])
+    return validate_recipe(data, origin)
+
+
+def validate_recipe(data: dict, origin: str) -> Recipe:
+    """Validate a recipe dict; the first problem becomes a one-line CovidlensError."""
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        if first["type"] == "extra_forbidden":
+            raise CovidlensError(f"{origin}: unknown recipe key {where!r}; check its spelling") from None
+        raise CovidlensError(f"{origin}: {where}: {first['msg']}") from None
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    """The resolved recipe as YAML, as written to a run's config.yaml."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,47 @@
+"""Per-sample random affine augmentation of a batch, in one grid_sample call."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from covidlens.config import AugmentConfig
+
+
+def _uniform(low: float, high: float, n: int, generator: torch.Generator) -> torch.Tensor:
+    return low + (high - low) * torch.rand(n, generator=generator)
+
+
+def random_affine_matrices(config: AugmentConfig, n: int, generator: torch.Generator) -> torch.Tensor:
+    """Draw n affine matrices (n, 2, 3) in the normalised [-1, 1] grid coordinates of grid_sample."""
+    angle = torch.deg2rad(_uniform(*config.rotation, n, generator))
+    zoom = _uniform(*config.zoom, n, generator)
+    shear = _uniform(-config.shear, config.shear, n, generator)
+    shift_x = _uniform(-config.width_shift, config.width_shift, n, generator) * 2.0
+    shift_y = _uniform(-config.height_shift, config.height_shift, n, generator) * 2.0
+    flip_x = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0) if config.hflip else torch.ones(n)
+    flip_y = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0) if config.vflip else torch.ones(n)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    rotation = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
+    shearing = torch.zeros(n, 2, 2)
+    shearing[:, 0, 0] = 1.0
+    shearing[:, 0, 1] = shear
+    shearing[:, 1, 1] = 1.0
+    # grid_sample maps output to input coordinates, so zooming in (zoom > 1) samples a smaller area.
+    scaling = torch.diag_embed(torch.stack([flip_x / zoom, flip_y / zoom], -1))
+    linear = rotation @ shearing @ scaling
+    return torch.cat([linear, torch.stack([shift_x, shift_y], -1)[:, :, None]], dim=2)
+
+
+def augment_batch(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """Apply an independent random affine transform to each image of a (B, C, H, W) batch.
+
+    Pixels that come from outside the image take the nearest border value, as Keras'
+    ImageDataGenerator does with its default fill_mode="nearest".
+    """
+    if not config.enabled:
+        return images
+    theta = random_affine_matrices(config, images.shape[0], generator).to(images.dtype)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+

@@ -1,0 +1,87 @@
+"""Image sources for training: decode-once arrays on disk (the cache), or decode on every read."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from covidlens import atomic
+from covidlens.data.preprocess import load_gray_uint8
+
+
+class ImageSource(Protocol):
+    """Model-ready uint8 slices (N, H, W) by row index of a manifest."""
+
+    def __len__(self) -> int: ...
+
+    def get(self, indices: Sequence[int]) -> np.ndarray: ...
+
+
+class DecodedImages:
+    """Decodes and resizes every image on every read (the slow path, kept for comparison)."""
+
+    def __init__(self, paths: Sequence[str], size: int, window: tuple[float, float] | None = None) -> None:
+        self.paths = list(paths)
+        self.size = size
+        self.window = window
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def get(self, indices: Sequence[int]) -> np.ndarray:
+        """Decode the images at `indices`."""
+        return np.stack([load_gray_uint8(self.paths[i], self.size, self.window) for i in indices])
+
+
+class CachedImages:
+    """All images decoded and resized once into one memory-mapped .npy array."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def get(self, indices: Sequence[int]) -> np.ndarray:
+        """Read the images at `indices` from the array."""
+        return np.asarray(self.array[np.asarray(indices)])
+
+
+def cache_key(paths: Sequence[str], size: int, window: tuple[float, float] | None) -> str:
+    """A key that changes when any file, its size or time, or the preprocessing changes."""
+    digest = hashlib.sha1(json.dumps({"size": size, "window": window}).encode())
+    for path in paths:
+        stat = os.stat(path)
+        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def build_cache(
+    paths: Sequence[str],
+    size: int,
+    folder: str | Path,
+    window: tuple[float, float] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> CachedImages:
+    """Decode every image once into `folder/<key>.npy`, or reuse the file if it is already there."""
+    target = Path(folder) / f"images-{cache_key(paths, size, window)}-{size}px.npy"
+    if not target.is_file():
+        decoder = DecodedImages(paths, size, window)
+
+        def fill(tmp: Path) -> None:
+            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size))
+            for i in range(len(paths)):
+                array[i] = decoder.get([i])[0]
+                if progress:
+                    progress(i + 1, len(paths))
+            array.flush()
+            del array
+
+        atomic.write_with(target, fill)
+    return CachedImages(np.load(target, mmap_mode="r"))

@@ -1,0 +1,79 @@
+"""Decoding and preprocessing of 2D images: bit depth, HU windowing, grayscale, resize, channels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from covidlens.errors import CovidlensError
+
+
+def window_hu(values: np.ndarray, level: float, width: float) -> np.ndarray:
+    """Map intensities in the window [level - width/2, level + width/2] to [0, 1], clipping outside."""
+    if width <= 0:
+        raise CovidlensError(f"window width {width} must be positive (e.g. a lung window is -600, 1500)")
+    low = level - width / 2.0
+    return np.clip((values.astype(np.float32) - low) / float(width), 0.0, 1.0)
+
+
+def to_unit_range(image: np.ndarray, window: tuple[float, float] | None = None) -> np.ndarray:
+    """Scale an 8-bit, 16-bit or float image to float32 in [0, 1].
+
+    8-bit images are divided by 255. Images of more than 8 bits (16-bit TIFF/PNG, HU arrays) are
+    windowed when a (level, width) window is given, else stretched between their own min and max,
+    so that 16-bit data is never truncated to its low byte.
+    """
+    if window is not None:
+        return window_hu(image, *window)
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) / 255.0
+    values = image.astype(np.float32)
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return np.zeros_like(values)
+    return (values - low) / (high - low)
+
+
+def to_gray(image: np.ndarray) -> np.ndarray:
+    """Drop colour: RGB and RGBA (as decoded by OpenCV, BGR order) become one luminance channel."""
+    if image.ndim == 2:
+        return image
+    if image.ndim == 3 and image.shape[2] == 1:
+        return image[:, :, 0]
+    if image.ndim == 3 and image.shape[2] in (3, 4):
+        code = cv2.COLOR_BGRA2GRAY if image.shape[2] == 4 else cv2.COLOR_BGR2GRAY
+        return cv2.cvtColor(image, code)
+    raise CovidlensError(f"unsupported image shape {image.shape}; expected gray, RGB or RGBA")
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode an image file as stored (8 or 16 bit, gray or colour); raise CovidlensError if unreadable."""
+    data = np.fromfile(str(path), dtype=np.uint8) if Path(path).is_file() else None
+    if data is None:
+        raise CovidlensError(f"{path}: no such image file")
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if image is None:
+        raise CovidlensError(f"{path}: cannot decode this file as an image; remove it or re-export it")
+    return image
+
+
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize to size x size (area averaging when shrinking, bilinear when enlarging)."""
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    shrinking = image.shape[0] > size or image.shape[1] > size
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def load_gray_uint8(path: str | Path, size: int, window: tuple[float, float] | None = None) -> np.ndarray:
+    """Decode, grayscale, window or scale to [0, 1], resize, and quantise to uint8: one model-ready slice."""
+    unit = to_unit_range(to_gray(read_image(path)), window)
+    return np.round(resize_square(unit, size) * 255.0).astype(np.uint8)
+
+
+def to_model_input(batch: np.ndarray, channels: int) -> np.ndarray:
+    """uint8 (B, H, W) -> float32 (B, C, H, W) rescaled by 1/255, gray repeated to C channels."""
+    scaled = batch.astype(np.float32)[:, None] / 255.0
+    return np.repeat(scaled, channels, axis=1) if channels > 1 else scaled

@@ -1,0 +1,110 @@
+"""Patient-wise splits: repeated stratified group k-fold with an inner validation split, fixed lists."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+
+from covidlens.errors import CovidlensError
+
+FOLD_COLUMNS = ["sample_id", "round", "fold", "role"]
+ROLES = ("train", "val", "test")
+
+
+def patient_table(manifest: pd.DataFrame) -> pd.DataFrame:
+    """One row per patient with its class (a patient has one class; the manifest checks that)."""
+    return manifest.groupby("patient_id", sort=True)["label"].first().reset_index()
+
+
+def _check_enough_patients(patients: pd.DataFrame, folds: int) -> None:
+    counts = patients["label"].value_counts()
+    if len(patients) < folds:
+        raise CovidlensError(f"{len(patients)} patients cannot fill {folds} folds; use fewer folds (--folds)")
+    if (counts < folds).any():
+        small = ", ".join(f"{label} ({n})" for label, n in counts[counts < folds].items())
+        raise CovidlensError(
+            f"classes with fewer patients than folds: {small}; use --folds {int(counts.min())} or more data"
+        )
+
+
+def _validation_patients(patients: pd.DataFrame, fraction: float, seed: int) -> set[str]:
+    """Pick a class-stratified share of patients for validation (unstratified if a class is too small)."""
+    counts = patients["label"].value_counts()
+    n_val = max(1, int(round(fraction * len(patients))))
+    if n_val >= len(patients):
+        raise CovidlensError(f"only {len(patients)} training patients: too few for a validation split")
+    can_stratify = counts.min() >= 2 and len(counts) <= n_val <= len(patients) - len(counts)
+    stratify = patients["label"] if can_stratify else None
+    _, val = train_test_split(patients, test_size=n_val, random_state=seed, stratify=stratify)
+    return set(val["patient_id"])
+
+
+def patient_wise_folds(
+    manifest: pd.DataFrame, folds: int, rounds: int = 1, seed: int = 0, val_fraction: float = 0.15
+) -> pd.DataFrame:
+    """Repeated stratified group k-fold on patients, each training part split again by patient.
+
+    Round r shuffles with seed + r. Every sample is in the test role exactly once per round, and
+    the train / val / test roles of one fold never share a patient.
+    """
+    patients = patient_table(manifest)
+    _check_enough_patients(patients, folds)
+    label_of_sample = manifest["label"].to_numpy()
+    groups = manifest["patient_id"].to_numpy()
+    rows = []
+    for round_index in range(rounds):
+        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed + round_index)
+        for fold, (train_idx, test_idx) in enumerate(splitter.split(np.zeros(len(manifest)), label_of_sample, groups)):
+            train_patients = patients[patients["patient_id"].isin(set(groups[train_idx]))]
+            val_patients = _validation_patients(train_patients, val_fraction, seed + 7919 * round_index + fold)
+            role = np.full(len(manifest), "", dtype=object)
+            role[train_idx] = "train"
+            role[test_idx] = "test"
+            role[np.isin(groups, list(val_patients)) & (role == "train")] = "val"
+            rows.append(
+                pd.DataFrame({"sample_id": manifest["sample_id"], "round": round_index, "fold": fold, "role": role})
+            )
+    table = pd.concat(rows, ignore_index=True)
+    assert_patient_disjoint(table, manifest)
+    return table
+
+
+def folds_from_split_column(manifest: pd.DataFrame) -> pd.DataFrame:
+    """One fold from a dataset's fixed train / val / test lists (the manifest's `split` column)."""
+    if "split" not in manifest or manifest["split"].fillna("").eq("").all():
+        raise CovidlensError("this data has no fixed split lists; use cross-validation folds instead")
+    split = manifest["split"].fillna("").astype(str)
+    unknown = sorted(set(split) - set(ROLES) - {""})
+    if unknown:
+        raise CovidlensError(f"unknown split name(s) {unknown}; expected train, val or test")
+    kept = split != ""
+    table = pd.DataFrame(
+        {"sample_id": manifest.loc[kept, "sample_id"], "round": 0, "fold": 0, "role": split[kept]}
+    ).reset_index(drop=True)
+    assert_patient_disjoint(table, manifest)
+    return table
+
+
+def assert_patient_disjoint(folds: pd.DataFrame, manifest: pd.DataFrame) -> None:
+    """Raise CovidlensError if any patient has samples in two roles of the same fold."""
+    merged = folds.merge(manifest[["sample_id", "patient_id"]], on="sample_id", how="left")
+    roles_per_patient = merged.groupby(["round", "fold", "patient_id"])["role"].nunique()
+    leaks = roles_per_patient[roles_per_patient > 1]
+    if len(leaks):
+        (round_index, fold, patient) = leaks.index[0]
+        raise CovidlensError(
+            f"split leaks: patient {patient!r} is in more than one role in round {round_index} fold {fold} "
+            f"({len(leaks)} such patient-folds); fix the patient ids or the split lists"
+        )
+
+
+def check_folds(folds: pd.DataFrame, manifest: pd.DataFrame) -> None:
+    """Check a folds table read from disk against its manifest."""
+    missing = [c for c in FOLD_COLUMNS if c not in folds]
+    if missing:
+        raise CovidlensError(f"folds table lacks column(s) {', '.join(missing)}")
+    unknown = set(folds["sample_id"]) - set(manifest["sample_id"])
+    if unknown:
+        raise CovidlensError(f"folds name {len(unknown)} sample(s) not in the manifest, e.g. {sorted(unknown)[0]!r}")
+    assert_patient_disjoint(folds, manifest)

@@ -1,0 +1,105 @@
+"""The model registry: covidlens' own architectures by name, and any timm model name as well."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from covidlens.errors import CovidlensError
+from covidlens.registry import Registry
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered architecture and what covidlens knows about it."""
+
+    name: str
+    build: Callable[..., nn.Module]  # build(num_classes=, in_chans=, pretrained=, drop_rate=)
+    paper: str = ""
+    input_size: int = 224
+    spatial_dims: int = 2
+    cam_layer: str = ""
+
+
+MODELS: Registry[ModelSpec] = Registry("model")
+
+
+def register_model(name: str, **info) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: register a builder function under `name` with its ModelSpec fields."""
+
+    def add(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        MODELS.register(name)(ModelSpec(name=name, build=build, **info))
+        return build
+
+    return add
+
+
+def is_known_model(name: str) -> bool:
+    """True for registered names and for any timm architecture name."""
+    return name in MODELS or timm.is_model(name)
+
+
+def create_model(
+    name: str,
+    num_classes: int,
+    in_chans: int = 3,
+    pretrained: bool = False,
+    weights: str | Path | None = None,
+    drop_rate: float = 0.0,
+) -> nn.Module:
+    """Build a registered or timm model with `num_classes` outputs and `in_chans` input channels."""
+    if name in MODELS:
+        model = MODELS.get(name).build(
+            num_classes=num_classes, in_chans=in_chans, pretrained=pretrained, drop_rate=drop_rate
+        )
+    elif timm.is_model(name):
+        model = _create_timm(name, num_classes, in_chans, pretrained, drop_rate)
+    else:
+        close = difflib.get_close_matches(name, MODELS.names() + timm.list_models(), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise CovidlensError(f"unknown model {name!r}.{hint} 'covidlens models' lists covidlens' own models")
+    if weights:
+        load_weights(model, weights)
+    return model
+
+
+def _create_timm(name: str, num_classes: int, in_chans: int, pretrained: bool, drop_rate: float) -> nn.Module:
+    try:
+        return timm.create_model(
+            name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate
+        )
+    except (OSError, RuntimeError) as exc:
+        if not pretrained:
+            raise
+        raise CovidlensError(
+            f"could not get ImageNet weights for {name!r} ({type(exc).__name__}); "
+            "set model.pretrained=false or model.weights=PATH to a local file"
+        ) from None
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a local state dict, skipping tensors whose shape differs (e.g. a 1000-class head)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CovidlensError(f"{path}: weights file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad file
+        raise CovidlensError(f"{path}: not a PyTorch weights file ({type(exc).__name__})") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not usable:
+        raise CovidlensError(f"{path}: no tensor matches this model's layers; is it for another architecture?")
+    model.load_state_dict(usable, strict=False)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,46 @@
+"""Checkpoints: the weights plus everything `predict` needs to rebuild and feed the model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from covidlens import atomic
+from covidlens.config import Recipe
+from covidlens.errors import CovidlensError
+from covidlens.models import create_model
+
+FORMAT = "covidlens-checkpoint-1"
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, recipe: Recipe, classes: list[str], **extra: Any) -> Path:
+    """Write weights, recipe and class list atomically."""
+    payload = {
+        "format": FORMAT,
+        "recipe": recipe.model_dump(mode="json"),
+        "classes": list(classes),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **extra,
+    }
+    return atomic.write_with(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, Recipe, list[str]]:
+    """Rebuild the model of a checkpoint, in eval mode, with its recipe and classes."""
+    path = Path(path)
+    if not path.is_file():
+        raise CovidlensError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise CovidlensError(f"{path}: not a readable covidlens checkpoint ({type(exc).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CovidlensError(f"{path}: not a covidlens checkpoint (no {FORMAT!r} marker)")
+    recipe = Recipe.model_validate(payload["recipe"])
+    classes = list(payload["classes"])
+    model = create_model(recipe.model.name, num_classes=len(classes), in_chans=recipe.data.channels)
+    model.load_state_dict(payload["state_dict"])
+    return model.eval(), recipe, classes

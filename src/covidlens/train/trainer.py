@@ -1,0 +1,176 @@
+"""One training run: batches from an image source, optimiser, schedule, history, best-epoch restore."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from covidlens.config import AugmentConfig, OptimizerConfig, SchedulerConfig, TrainConfig
+from covidlens.data.augment import augment_batch
+from covidlens.data.cache import ImageSource
+from covidlens.data.preprocess import to_model_input
+from covidlens.errors import CovidlensError
+
+HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"]
+
+
+@dataclass
+class FitResult:
+    """Per-epoch history and the epoch whose weights the model holds after fitting."""
+
+    history: pd.DataFrame
+    best_epoch: int
+
+
+def select_device(name: str) -> torch.device:
+    """'auto' picks CUDA when present, else CPU; anything else is passed to torch."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CovidlensError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CovidlensError(f"device {name!r} asked for, but no CUDA GPU is available; use device=cpu")
+    return device
+
+
+def iterate_batches(
+    source: ImageSource,
+    indices: np.ndarray,
+    batch_size: int,
+    channels: int,
+    generator: torch.Generator | None = None,
+    augment: AugmentConfig | None = None,
+) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """Yield (row indices, float input batch); shuffled and augmented when a generator is given."""
+    order = indices
+    if generator is not None:
+        order = indices[torch.randperm(len(indices), generator=generator).numpy()]
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        batch = torch.from_numpy(to_model_input(source.get(rows), channels))
+        if augment is not None and generator is not None:
+            batch = augment_batch(batch, augment, generator)
+        yield rows, batch
+
+
+def make_optimizer(model: nn.Module, config: OptimizerConfig) -> torch.optim.Optimizer:
+    """Adam, AdamW or SGD with momentum; weight_decay is the L2 penalty."""
+    params = model.parameters()
+    if config.name == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.name == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: SchedulerConfig):
+    """Reduce-on-plateau (Keras semantics), step decay, or none."""
+    if config.name == "plateau":
+        # Keras lowers the rate on the patience-th epoch without improvement; torch one epoch later.
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer,
+            mode="min" if config.monitor == "val_loss" else "max",
+            factor=config.factor,
+            patience=max(config.patience - 1, 0),
+            threshold=config.min_delta,
+            threshold_mode="abs",
+        )
+    if config.name == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.factor)
+    return None
+
+
+def _run_epoch(model, source, indices, labels, config, channels, device, loss_fn, optimizer, generator):
+    """Train one epoch; return mean loss and accuracy over its samples."""
+    model.train()
+    total_loss, correct = 0.0, 0
+    for rows, batch in iterate_batches(source, indices, config.batch_size, channels, generator, config.augment):
+        target = torch.from_numpy(labels[rows]).to(device)
+        optimizer.zero_grad(set_to_none=True)
+        logits = model(batch.to(device))
+        loss = loss_fn(logits, target)
+        loss.backward()
+        optimizer.step()
+        total_loss += float(loss) * len(rows)
+        correct += int((logits.argmax(1) == target).sum())
+    return total_loss / len(indices), correct / len(indices)
+
+
+@torch.inference_mode()
+def predict_proba(
+    model: nn.Module, source: ImageSource, indices: np.ndarray, batch_size: int, channels: int, device: torch.device
+) -> np.ndarray:
+    """Softmax class probabilities (N, classes) for the rows `indices` of `source`."""
+    model.eval()
+    parts = [
+        torch.softmax(model(batch.to(device)).float(), dim=1).cpu().numpy()
+        for _, batch in iterate_batches(source, indices, batch_size, channels)
+    ]
+    return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
+
+
+def _evaluate(model, source, indices, labels, batch_size, channels, device, loss_fn) -> tuple[float, float]:
+    probs = torch.from_numpy(predict_proba(model, source, indices, batch_size, channels, device))
+    target = torch.from_numpy(labels[indices])
+    loss = float(loss_fn(torch.log(probs.clamp_min(1e-12)), target))
+    return loss, float((probs.argmax(1) == target).float().mean())
+
+
+def _improved(metric: str, value: float, best: float | None) -> bool:
+    if best is None:
+        return True
+    return value < best if metric == "val_loss" else value > best
+
+
+def fit(
+    model: nn.Module,
+    source: ImageSource,
+    labels: np.ndarray,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    config: TrainConfig,
+    channels: int,
+    seed: int,
+    device: torch.device,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> FitResult:
+    """Train `model` in place; with restore_best it ends holding the weights of its best validation epoch."""
+    model.to(device)
+    generator = torch.Generator().manual_seed(seed)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    # Validation loss is plain cross-entropy, so it stays comparable across recipes.
+    val_loss_fn = nn.NLLLoss()
+    optimizer = make_optimizer(model, config.optimizer)
+    scheduler = make_scheduler(optimizer, config.scheduler)
+    rows, best_value, best_epoch, best_state = [], None, 0, None
+    for epoch in range(1, config.epochs + 1):
+        lr = optimizer.param_groups[0]["lr"]
+        train_loss, train_acc = _run_epoch(
+            model, source, train_idx, labels, config, channels, device, loss_fn, optimizer, generator
+        )
+        val_loss, val_acc = _evaluate(model, source, val_idx, labels, config.batch_size, channels, device, val_loss_fn)
+        record = dict(zip(HISTORY_COLUMNS, [epoch, train_loss, train_acc, val_loss, val_acc, lr], strict=True))
+        rows.append(record)
+        monitored = val_loss if config.monitor == "val_loss" else val_acc
+        if _improved(config.monitor, monitored, best_value):
+            best_value, best_epoch = monitored, epoch
+            best_state = copy.deepcopy(model.state_dict()) if config.restore_best else None
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(val_loss if config.scheduler.monitor == "val_loss" else val_acc)
+        elif scheduler is not None:
+            scheduler.step()
+        if on_epoch:
+            on_epoch(record)
+    if config.restore_best and best_state is not None:
+        model.load_state_dict(best_state)
+    else:
+        best_epoch = config.epochs
+    return FitResult(pd.DataFrame(rows, columns=HISTORY_COLUMNS), best_epoch)

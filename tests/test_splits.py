@@ -1,0 +1,84 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from covidlens.data.splits import assert_patient_disjoint, folds_from_split_column, patient_wise_folds
+from covidlens.errors import CovidlensError
+
+
+def tempting_manifest(seed: int = 0) -> pd.DataFrame:
+    """Many slices per patient and classes unbalanced across patients: image-wise splits would leak."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for label, n_patients in (("COVID", 17), ("Healthy", 6), ("Others", 11)):
+        for p in range(n_patients):
+            patient = f"{label}-{p}"
+            for s in range(int(rng.integers(5, 40))):
+                rows.append({"sample_id": f"{patient}/{s}", "label": label, "patient_id": patient})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_no_patient_in_two_roles_of_any_fold(seed):
+    manifest = tempting_manifest(seed)
+    folds = patient_wise_folds(manifest, folds=5, rounds=3, seed=seed, val_fraction=0.15)
+    merged = folds.merge(manifest, on="sample_id")
+    roles = merged.groupby(["round", "fold", "patient_id"])["role"].nunique()
+    assert roles.max() == 1
+    # every sample is tested exactly once per round, and every role is used
+    tested = merged[merged.role == "test"].groupby(["round", "sample_id"]).size()
+    assert len(tested) == 3 * len(manifest) and tested.max() == 1
+    assert set(folds["role"]) == {"train", "val", "test"}
+
+
+def test_every_class_in_every_test_fold_and_validation_share():
+    manifest = tempting_manifest()
+    folds = patient_wise_folds(manifest, folds=5, rounds=1, seed=0, val_fraction=0.15)
+    merged = folds.merge(manifest, on="sample_id")
+    for _, fold in merged.groupby("fold"):
+        assert set(fold.loc[fold.role == "test", "label"]) == {"COVID", "Healthy", "Others"}
+        train_patients = fold.loc[fold.role != "test", "patient_id"].nunique()
+        val_patients = fold.loc[fold.role == "val", "patient_id"].nunique()
+        assert val_patients == round(0.15 * train_patients)
+
+
+def test_rounds_differ_and_seed_is_deterministic():
+    manifest = tempting_manifest()
+    a = patient_wise_folds(manifest, folds=5, rounds=2, seed=3)
+    b = patient_wise_folds(manifest, folds=5, rounds=2, seed=3)
+    pd.testing.assert_frame_equal(a, b)
+    first, second = (a[a["round"] == r].set_index(["fold", "sample_id"])["role"] for r in (0, 1))
+    assert not first.reset_index(drop=True).equals(second.reset_index(drop=True))
+
+
+def test_too_few_patients_for_folds():
+    manifest = tempting_manifest()
+    with pytest.raises(CovidlensError, match="fewer patients than folds"):
+        patient_wise_folds(manifest, folds=7)
+
+
+def test_leak_is_detected():
+    manifest = tempting_manifest()
+    folds = patient_wise_folds(manifest, folds=5)
+    leaked = folds.copy()
+    first = manifest["sample_id"].iloc[0]
+    row = (leaked.sample_id == first) & (leaked.fold == 0)
+    leaked.loc[row, "role"] = "test" if leaked.loc[row, "role"].iloc[0] != "test" else "train"
+    with pytest.raises(CovidlensError, match="split leaks"):
+        assert_patient_disjoint(leaked, manifest)
+
+
+def test_fixed_split_lists():
+    manifest = pd.DataFrame(
+        {
+            "sample_id": ["a", "b", "c", "d"],
+            "label": ["x", "x", "y", "y"],
+            "patient_id": ["p1", "p1", "p2", "p3"],
+            "split": ["train", "train", "test", "val"],
+        }
+    )
+    folds = folds_from_split_column(manifest)
+    assert folds.set_index("sample_id")["role"].to_dict() == {"a": "train", "b": "train", "c": "test", "d": "val"}
+    manifest.loc[1, "split"] = "test"
+    with pytest.raises(CovidlensError, match="split leaks"):
+        folds_from_split_column(manifest)
