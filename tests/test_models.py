@@ -6,7 +6,10 @@ from covidlens.models import create_model
 from covidlens.models.registry import count_parameters, load_weights
 
 
-@pytest.mark.parametrize(("name", "in_chans", "classes"), [("efficientnet_b0", 1, 3), ("resnet18", 3, 2), ("mobilenetv3_small_050", 1, 5)])
+@pytest.mark.parametrize(
+    ("name", "in_chans", "classes"),
+    [("efficientnet_b0", 1, 3), ("resnet18", 3, 2), ("mobilenetv3_small_050", 1, 5)],
+)
 def test_any_timm_name_with_channels_and_classes(name, in_chans, classes):
     model = create_model(name, num_classes=classes, in_chans=in_chans).eval()
     with torch.no_grad():

@@ -78,7 +78,12 @@ def test_fixed_split_lists():
         }
     )
     folds = folds_from_split_column(manifest)
-    assert folds.set_index("sample_id")["role"].to_dict() == {"a": "train", "b": "train", "c": "test", "d": "val"}
+    assert folds.set_index("sample_id")["role"].to_dict() == {
+        "a": "train",
+        "b": "train",
+        "c": "test",
+        "d": "val",
+    }
     manifest.loc[1, "split"] = "test"
     with pytest.raises(CovidlensError, match="split leaks"):
         folds_from_split_column(manifest)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -25,20 +26,28 @@ out_console = console.__class__()  # stdout, for tables a user may pipe
 def synth(
     kind: Annotated[str, typer.Argument(help="what to generate: ct-slices")],
     out: Annotated[Path, typer.Argument(help="new folder to write the dataset into")],
-    patients: Annotated[int, typer.Option(help="number of patients (COVID / Healthy / Others like paper 000)")] = 60,
+    patients: Annotated[
+        int, typer.Option(help="number of patients (COVID / Healthy / Others like paper 000)")
+    ] = 60,
     seed: Annotated[int, typer.Option(help="random seed; the same seed gives byte-identical files")] = 0,
     difficulty: Annotated[float, typer.Option(help="0 = obvious findings, 1 = very subtle")] = 0.5,
     size: Annotated[int, typer.Option(help="slice side in pixels")] = 512,
     min_slices: Annotated[int, typer.Option(help="fewest slices per patient")] = 10,
     max_slices: Annotated[int, typer.Option(help="most slices per patient")] = 30,
 ) -> None:
-    """Write a synthetic chest CT dataset in paper 000's layout (class / patient / slice PNGs + lesion masks)."""
+    """Write synthetic chest CT in paper 000's layout (class / patient / slice PNGs + lesion masks)."""
     from covidlens.data.synth import synthesize
     from covidlens.progress import progress_bar
 
     with progress_bar(f"synth {kind}", patients) as update:
         rows = synthesize(
-            kind, out, patients, seed=seed, difficulty=difficulty, size=size, slices=(min_slices, max_slices),
+            kind,
+            out,
+            patients,
+            seed=seed,
+            difficulty=difficulty,
+            size=size,
+            slices=(min_slices, max_slices),
             progress=update,
         )
     console.print(f"wrote {len(rows)} images of {rows['patient_id'].nunique()} patients to {out}")
@@ -55,9 +64,15 @@ def layouts() -> None:
 
 @app.command()
 def index(
-    data: Annotated[Path, typer.Argument(help="dataset folder, or a CSV with path,label[,patient_id] columns")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="manifest CSV to write")] = Path("manifest.csv"),
-    format: Annotated[str | None, typer.Option("--format", help="layout name (see `covidlens layouts`)")] = None,
+    data: Annotated[
+        Path, typer.Argument(help="dataset folder, or a CSV with path,label[,patient_id] columns")
+    ],
+    output: Annotated[Path, typer.Option("-o", "--output", help="manifest CSV to write")] = Path(
+        "manifest.csv"
+    ),
+    format: Annotated[
+        str | None, typer.Option("--format", help="layout name (see `covidlens layouts`)")
+    ] = None,
     patient_regex: Annotated[
         str | None, typer.Option(help="regex whose first group takes the patient id from each relative path")
     ] = None,
@@ -85,7 +100,9 @@ def index(
 
 @app.command()
 def cv(
-    recipe: Annotated[str, typer.Argument(help="built-in recipe name (see `covidlens recipes`) or a YAML file")],
+    recipe: Annotated[
+        str, typer.Argument(help="built-in recipe name (see `covidlens recipes`) or a YAML file")
+    ],
     data: Annotated[str, typer.Option(help="dataset folder or manifest CSV")],
     out: Annotated[Path | None, typer.Option(help="run directory; default runs/<recipe name>")] = None,
     rounds: Annotated[int | None, typer.Option(help="CV rounds (overrides cv.rounds)")] = None,
@@ -93,7 +110,9 @@ def cv(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="override a recipe field, e.g. --set train.epochs=5")
     ] = None,
-    format: Annotated[str | None, typer.Option("--format", help="dataset layout when DATA is a folder")] = None,
+    format: Annotated[
+        str | None, typer.Option("--format", help="dataset layout when DATA is a folder")
+    ] = None,
     patient_regex: Annotated[str | None, typer.Option(help="see `covidlens index --help`")] = None,
     no_patients: Annotated[bool, typer.Option("--no-patients", help="see `covidlens index --help`")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars")] = False,
@@ -126,7 +145,9 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a finished run director
 
 @app.command()
 def predict(
-    model: Annotated[Path, typer.Argument(help="run directory (averages its fold models) or a checkpoint .pt")],
+    model: Annotated[
+        Path, typer.Argument(help="run directory (averages its fold models) or a checkpoint .pt")
+    ],
     paths: Annotated[list[Path], typer.Argument(help="image files and/or folders")],
     output: Annotated[Path, typer.Option("-o", "--output", help="CSV to write")] = Path("predictions.csv"),
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
@@ -178,6 +199,7 @@ def demo(
 
 def main() -> None:
     """Entry point: user errors print one line and exit 2; no traceback."""
+    warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
     try:
         app(standalone_mode=False)
     except CovidlensError as exc:

@@ -21,7 +21,9 @@ class Section(BaseModel):
 class DataConfig(Section):
     image_size: int = Field(224, ge=8, description="side of the square model input, pixels")
     channels: Literal[1, 3] = 3
-    window: tuple[float, float] | None = Field(None, description="HU window (level, width) for 16-bit / HU data")
+    window: tuple[float, float] | None = Field(
+        None, description="HU window (level, width) for 16-bit / HU data"
+    )
     cache: bool = True
     classes: list[str] | None = Field(None, description="class order; default: sorted labels")
 
@@ -74,6 +76,9 @@ class TrainConfig(Section):
     scheduler: SchedulerConfig = SchedulerConfig()
     augment: AugmentConfig = AugmentConfig()
     restore_best: bool = True
+    precise_bn: bool = Field(
+        False, description="re-estimate batch-norm statistics on the training images after every epoch"
+    )
     monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
     device: str = "auto"
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: torch's choice")

@@ -22,15 +22,21 @@ def _synth_once(data: Path, patients: int, difficulty: float, seed: int) -> None
     record = data / "synth.json"
     if record.is_file():
         saved = json.loads(record.read_text(encoding="utf-8"))
-        if (saved.get("patients"), saved.get("difficulty"), saved.get("seed")) == (patients, difficulty, seed):
+        if (saved.get("patients"), saved.get("difficulty"), saved.get("seed")) == (
+            patients,
+            difficulty,
+            seed,
+        ):
             console.print(f"reusing synthetic data in {data}")
             return
     with progress_bar("synth ct-slices", patients) as update:
-        synthesize("ct-slices", data, patients, seed=seed, difficulty=difficulty, slices=DEMO_SLICES, progress=update)
+        synthesize(
+            "ct-slices", data, patients, seed=seed, difficulty=difficulty, slices=DEMO_SLICES, progress=update
+        )
 
 
 def run_demo(out: Path, patients: int = 60, difficulty: float = 0.5, seed: int = 0) -> dict:
-    """synth -> index -> patient-wise 5-fold CV with the demo recipe -> report; returns the metrics summary."""
+    """synth -> index -> patient-wise 5-fold CV with the demo recipe -> report; returns the summary."""
     data, run_dir = out / "data", out / "run"
     _synth_once(data, patients, difficulty, seed)
     result = index_dataset(data)

@@ -6,15 +6,22 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 console = Console(stderr=True)
 
 
 @contextmanager
 def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[Callable[..., None]]:
-    """Yield `update(done, total=None, note="")`, drawing a bar on stderr when enabled."""
-    if not enabled:
+    """Yield `update(done, total=None, note="")`, drawing a bar when enabled and stderr is a terminal."""
+    if not (enabled and console.is_terminal):
         yield lambda *args, **kwargs: None
         return
     columns = (
@@ -29,6 +36,8 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
         task = bar.add_task(description, total=total, note="")
 
         def update(done: int, total: int | None = None, note: str = "") -> None:
-            bar.update(task, completed=done, total=total if total is not None else bar.tasks[0].total, note=note)
+            bar.update(
+                task, completed=done, total=total if total is not None else bar.tasks[0].total, note=note
+            )
 
         yield update

@@ -19,8 +19,12 @@ def random_affine_matrices(config: AugmentConfig, n: int, generator: torch.Gener
     shear = _uniform(-config.shear, config.shear, n, generator)
     shift_x = _uniform(-config.width_shift, config.width_shift, n, generator) * 2.0
     shift_y = _uniform(-config.height_shift, config.height_shift, n, generator) * 2.0
-    flip_x = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0) if config.hflip else torch.ones(n)
-    flip_y = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0) if config.vflip else torch.ones(n)
+    flip_x = (
+        torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0) if config.hflip else torch.ones(n)
+    )
+    flip_y = (
+        torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0) if config.vflip else torch.ones(n)
+    )
     cos, sin = torch.cos(angle), torch.sin(angle)
     rotation = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
     shearing = torch.zeros(n, 2, 2)
@@ -44,4 +48,3 @@ def augment_batch(images: torch.Tensor, config: AugmentConfig, generator: torch.
     theta = random_affine_matrices(config, images.shape[0], generator).to(images.dtype)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
-

@@ -60,9 +60,8 @@ def validate_manifest(frame: pd.DataFrame, where: str) -> None:
             raise CovidlensError(f"{where}: column {column!r} is empty in row {first + 2}; fill it in")
     duplicated = frame["sample_id"].duplicated()
     if duplicated.any():
-        raise CovidlensError(
-            f"{where}: sample_id {frame.loc[duplicated, 'sample_id'].iloc[0]!r} occurs twice; ids must be unique"
-        )
+        first = frame.loc[duplicated, "sample_id"].iloc[0]
+        raise CovidlensError(f"{where}: sample_id {first!r} occurs twice; ids must be unique")
     labels_per_patient = frame.groupby("patient_id")["label"].nunique()
     if (labels_per_patient > 1).any():
         patient = labels_per_patient[labels_per_patient > 1].index[0]
@@ -78,14 +77,19 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise CovidlensError(f"{path}: manifest not found; run 'covidlens index DATA -o {path}' first")
     try:
-        frame = pd.read_csv(path, dtype={"sample_id": str, "patient_id": str, "scan_id": str, "label": str})
+        # Every column as text with no NA guessing: a patient "NA" or a blank split must stay a string.
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise CovidlensError(f"{path}: not a readable CSV manifest ({exc})") from None
     validate_manifest(frame, str(path))
-    for column, value in {"scan_id": "", "slice_index": -1, "modality": "ct", "source": ""}.items():
+    for column, value in {"scan_id": "", "slice_index": "-1", "modality": "ct", "source": ""}.items():
         if column not in frame:
             frame[column] = value
-    frame["scan_id"] = frame["scan_id"].fillna("").astype(str)
+    slice_index = pd.to_numeric(frame["slice_index"].replace("", "-1"), errors="coerce")
+    if slice_index.isna().any():
+        bad = frame.loc[slice_index.isna(), "slice_index"].iloc[0]
+        raise CovidlensError(f"{path}: slice_index {bad!r} is not a whole number; fix or blank it")
+    frame["slice_index"] = slice_index.astype(int)
     return frame
 
 

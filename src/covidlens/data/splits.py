@@ -55,15 +55,21 @@ def patient_wise_folds(
     rows = []
     for round_index in range(rounds):
         splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed + round_index)
-        for fold, (train_idx, test_idx) in enumerate(splitter.split(np.zeros(len(manifest)), label_of_sample, groups)):
+        for fold, (train_idx, test_idx) in enumerate(
+            splitter.split(np.zeros(len(manifest)), label_of_sample, groups)
+        ):
             train_patients = patients[patients["patient_id"].isin(set(groups[train_idx]))]
-            val_patients = _validation_patients(train_patients, val_fraction, seed + 7919 * round_index + fold)
+            val_patients = _validation_patients(
+                train_patients, val_fraction, seed + 7919 * round_index + fold
+            )
             role = np.full(len(manifest), "", dtype=object)
             role[train_idx] = "train"
             role[test_idx] = "test"
             role[np.isin(groups, list(val_patients)) & (role == "train")] = "val"
             rows.append(
-                pd.DataFrame({"sample_id": manifest["sample_id"], "round": round_index, "fold": fold, "role": role})
+                pd.DataFrame(
+                    {"sample_id": manifest["sample_id"], "round": round_index, "fold": fold, "role": role}
+                )
             )
     table = pd.concat(rows, ignore_index=True)
     assert_patient_disjoint(table, manifest)
@@ -106,5 +112,7 @@ def check_folds(folds: pd.DataFrame, manifest: pd.DataFrame) -> None:
         raise CovidlensError(f"folds table lacks column(s) {', '.join(missing)}")
     unknown = set(folds["sample_id"]) - set(manifest["sample_id"])
     if unknown:
-        raise CovidlensError(f"folds name {len(unknown)} sample(s) not in the manifest, e.g. {sorted(unknown)[0]!r}")
+        raise CovidlensError(
+            f"folds name {len(unknown)} sample(s) not in the manifest, e.g. {sorted(unknown)[0]!r}"
+        )
     assert_patient_disjoint(folds, manifest)

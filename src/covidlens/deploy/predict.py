@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from covidlens.data.adapters.common import check_image, list_images
 from covidlens.data.cache import CachedImages, DecodedImages
@@ -32,14 +31,17 @@ def checkpoints_of(model_path: str | Path) -> list[Path]:
 def collect_inputs(paths: Sequence[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
     """Image files named directly or found in folders; unreadable ones are returned with a reason."""
     files: list[Path] = []
+    skipped: list[tuple[str, str]] = []
     for item in map(Path, paths):
         if item.is_dir():
-            files.extend(list_images(item))
+            listing = list_images(item)
+            files.extend(listing.images)
+            skipped += [(str(path), "not an image file") for path in listing.not_images]
         elif item.is_file():
             files.append(item)
         else:
             raise CovidlensError(f"{item}: no such file or folder")
-    usable, skipped = [], []
+    usable = []
     for file in files:
         reason = check_image(file)
         if reason:
@@ -51,7 +53,9 @@ def collect_inputs(paths: Sequence[str | Path]) -> tuple[list[Path], list[tuple[
     return usable, skipped
 
 
-def predict_files(model_path: str | Path, files: Sequence[Path], device: str = "auto", batch_size: int = 32) -> pd.DataFrame:
+def predict_files(
+    model_path: str | Path, files: Sequence[Path], device: str = "auto", batch_size: int = 32
+) -> pd.DataFrame:
     """Class probabilities for each file: one row per file with `predicted` and `p_<class>` columns."""
     torch_device = select_device(device)
     total, classes = None, None
@@ -68,7 +72,12 @@ def predict_files(model_path: str | Path, files: Sequence[Path], device: str = "
             decoded[key] = CachedImages(decoder.get(range(len(files))))
         source = decoded[key]
         probs = predict_proba(
-            model.to(torch_device), source, np.arange(len(files)), batch_size, recipe.data.channels, torch_device
+            model.to(torch_device),
+            source,
+            np.arange(len(files)),
+            batch_size,
+            recipe.data.channels,
+            torch_device,
         )
         total = probs if total is None else total + probs
     mean = total / len(checkpoints)

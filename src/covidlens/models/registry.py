@@ -45,6 +45,15 @@ def is_known_model(name: str) -> bool:
     return name in MODELS or timm.is_model(name)
 
 
+def check_model_name(name: str) -> None:
+    """Raise CovidlensError, with close matches, unless `name` is a registered or timm model."""
+    if is_known_model(name):
+        return
+    close = difflib.get_close_matches(name, MODELS.names() + timm.list_models(), n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise CovidlensError(f"unknown model {name!r}.{hint} 'covidlens models' lists covidlens' own models")
+
+
 def create_model(
     name: str,
     num_classes: int,
@@ -54,16 +63,13 @@ def create_model(
     drop_rate: float = 0.0,
 ) -> nn.Module:
     """Build a registered or timm model with `num_classes` outputs and `in_chans` input channels."""
+    check_model_name(name)
     if name in MODELS:
         model = MODELS.get(name).build(
             num_classes=num_classes, in_chans=in_chans, pretrained=pretrained, drop_rate=drop_rate
         )
-    elif timm.is_model(name):
-        model = _create_timm(name, num_classes, in_chans, pretrained, drop_rate)
     else:
-        close = difflib.get_close_matches(name, MODELS.names() + timm.list_models(), n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise CovidlensError(f"unknown model {name!r}.{hint} 'covidlens models' lists covidlens' own models")
+        model = _create_timm(name, num_classes, in_chans, pretrained, drop_rate)
     if weights:
         load_weights(model, weights)
     return model
@@ -96,7 +102,9 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not usable:
-        raise CovidlensError(f"{path}: no tensor matches this model's layers; is it for another architecture?")
+        raise CovidlensError(
+            f"{path}: no tensor matches this model's layers; is it for another architecture?"
+        )
     model.load_state_dict(usable, strict=False)
 
 

@@ -31,7 +31,9 @@ def _image(png: bytes, alt: str) -> str:
 
 def split_summary(manifest: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
     """Images and patients per class in each role of each fold of the first round."""
-    first = folds[folds["round"] == folds["round"].min()].merge(manifest[["sample_id", "label", "patient_id"]])
+    first = folds[folds["round"] == folds["round"].min()].merge(
+        manifest[["sample_id", "label", "patient_id"]]
+    )
     table = first.groupby(["fold", "role", "label"]).agg(
         images=("sample_id", "size"), patients=("patient_id", "nunique")
     )
@@ -51,7 +53,9 @@ def build_report(run_dir: Path) -> str:
     needed = ["config.yaml", "manifest.csv", "folds.csv", "history.csv", "metrics.json"]
     missing = [name for name in needed if not (run_dir / name).is_file()]
     if missing:
-        raise CovidlensError(f"{run_dir}: not a finished run (missing {', '.join(missing)}); run 'covidlens cv'")
+        raise CovidlensError(
+            f"{run_dir}: not a finished run (missing {', '.join(missing)}); run 'covidlens cv'"
+        )
     config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
     manifest = read_manifest(run_dir / "manifest.csv")
     folds = pd.read_csv(run_dir / "folds.csv", dtype={"sample_id": str})
@@ -83,7 +87,9 @@ def build_report(run_dir: Path) -> str:
         "caption": html.escape(summary_caption(summary)),
         "metrics_table": _table(metrics_table(summary)),
         "confusion": _image(
-            figures.confusion_matrices(summary["confusion_matrix"], summary["confusion_matrix_normalized"], classes),
+            figures.confusion_matrices(
+                summary["confusion_matrix"], summary["confusion_matrix_normalized"], classes
+            ),
             "confusion matrices",
         ),
         "curves": _image(figures.training_curves(history), "training curves"),

@@ -16,7 +16,9 @@ from covidlens.models import create_model
 FORMAT = "covidlens-checkpoint-1"
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, recipe: Recipe, classes: list[str], **extra: Any) -> Path:
+def save_checkpoint(
+    path: str | Path, model: nn.Module, recipe: Recipe, classes: list[str], **extra: Any
+) -> Path:
     """Write weights, recipe and class list atomically."""
     payload = {
         "format": FORMAT,

@@ -19,6 +19,7 @@ from covidlens.data.splits import check_folds, patient_wise_folds
 from covidlens.errors import CovidlensError
 from covidlens.evaluate.aggregate import summarize_cv
 from covidlens.models import create_model
+from covidlens.models.registry import check_model_name
 from covidlens.progress import console, progress_bar
 from covidlens.train.checkpoint import save_checkpoint
 from covidlens.train.trainer import fit, predict_proba, select_device
@@ -60,8 +61,8 @@ def _start_or_resume(paths: RunPaths, recipe: Recipe, data: str) -> bool:
     if paths.config.is_file():
         if paths.config.read_text(encoding="utf-8") != resolved:
             raise CovidlensError(
-                f"{paths.root}: holds a run with a different recipe; use another --out, or the same recipe and "
-                "--set values to resume it"
+                f"{paths.root}: holds a run with a different recipe; use another --out, "
+                "or the same recipe and --set values to resume it"
             )
         info = json.loads(paths.run_info.read_text(encoding="utf-8"))
         if info.get("data") != data:
@@ -109,7 +110,10 @@ def _train_fold(paths, recipe, manifest, folds, source, classes, round_index, fo
     """Train one fold and write its checkpoint, history and test predictions (the last marks it done)."""
     part = folds[(folds["round"] == round_index) & (folds["fold"] == fold)]
     row_of = pd.Series(np.arange(len(manifest)), index=manifest["sample_id"])
-    rows = {role: row_of[part.loc[part["role"] == role, "sample_id"]].to_numpy() for role in ("train", "val", "test")}
+    rows = {
+        role: row_of[part.loc[part["role"] == role, "sample_id"]].to_numpy()
+        for role in ("train", "val", "test")
+    }
     labels = manifest["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(dtype=np.int64)
     seed = fold_seed(recipe.cv.seed, round_index, fold)
     torch.manual_seed(seed)
@@ -129,7 +133,15 @@ def _train_fold(paths, recipe, manifest, folds, source, classes, round_index, fo
             update(record["epoch"], note=note)
 
         result = fit(
-            model, source, labels, rows["train"], rows["val"], recipe.train, recipe.data.channels, seed, device,
+            model,
+            source,
+            labels,
+            rows["train"],
+            rows["val"],
+            recipe.train,
+            recipe.data.channels,
+            seed,
+            device,
             on_epoch,
         )
     fold_dir = paths.fold_dir(round_index, fold)
@@ -162,6 +174,7 @@ def run_cv(
     show_progress: bool = True,
 ) -> dict:
     """Run (or resume) patient-wise repeated k-fold CV; return the metrics summary written to metrics.json."""
+    check_model_name(recipe.model.name)  # fail before any indexing or writing
     paths = RunPaths(Path(out))
     data = str(Path(data).resolve()) if Path(data).exists() else str(data)
     resumed = _start_or_resume(paths, recipe, data)
@@ -181,7 +194,9 @@ def run_cv(
         for fold in range(recipe.cv.folds):
             if (paths.fold_dir(round_index, fold) / "predictions.csv").is_file():
                 continue
-            _train_fold(paths, recipe, manifest, folds, source, classes, round_index, fold, device, show_progress)
+            _train_fold(
+                paths, recipe, manifest, folds, source, classes, round_index, fold, device, show_progress
+            )
     return finish_run(paths, recipe, classes, is_image_wise(manifest))
 
 
@@ -192,7 +207,9 @@ def finish_run(paths: RunPaths, recipe: Recipe, classes: list[str], image_wise: 
     history = pd.concat([pd.read_csv(d / "history.csv") for d in fold_dirs])
     atomic.write_csv(paths.predictions, predictions)
     atomic.write_csv(paths.history, history)
-    summary = summarize_cv(predictions, classes, unit=recipe.evaluate.ci_unit, confidence=recipe.evaluate.confidence)
+    summary = summarize_cv(
+        predictions, classes, unit=recipe.evaluate.ci_unit, confidence=recipe.evaluate.confidence
+    )
     summary["image_wise"] = image_wise
     atomic.write_json(paths.metrics, summary)
     return summary

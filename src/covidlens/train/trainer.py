@@ -48,13 +48,20 @@ def iterate_batches(
     channels: int,
     generator: torch.Generator | None = None,
     augment: AugmentConfig | None = None,
+    min_batch: int = 1,
 ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-    """Yield (row indices, float input batch); shuffled and augmented when a generator is given."""
+    """Yield (row indices, float input batch); shuffled and augmented when a generator is given.
+
+    A trailing batch smaller than `min_batch` is dropped (training uses 2: batch norm cannot train on
+    one image; the order is reshuffled each epoch, so no image is always left out).
+    """
     order = indices
     if generator is not None:
         order = indices[torch.randperm(len(indices), generator=generator).numpy()]
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
+        if len(rows) < min_batch:
+            break
         batch = torch.from_numpy(to_model_input(source.get(rows), channels))
         if augment is not None and generator is not None:
             batch = augment_batch(batch, augment, generator)
@@ -91,22 +98,59 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: SchedulerConfig):
 def _run_epoch(model, source, indices, labels, config, channels, device, loss_fn, optimizer, generator):
     """Train one epoch; return mean loss and accuracy over its samples."""
     model.train()
-    total_loss, correct = 0.0, 0
-    for rows, batch in iterate_batches(source, indices, config.batch_size, channels, generator, config.augment):
+    total_loss, correct, seen = 0.0, 0, 0
+    batches = iterate_batches(
+        source, indices, config.batch_size, channels, generator, config.augment, min_batch=2
+    )
+    for rows, batch in batches:
         target = torch.from_numpy(labels[rows]).to(device)
         optimizer.zero_grad(set_to_none=True)
         logits = model(batch.to(device))
         loss = loss_fn(logits, target)
         loss.backward()
         optimizer.step()
-        total_loss += float(loss) * len(rows)
+        total_loss += loss.item() * len(rows)
         correct += int((logits.argmax(1) == target).sum())
-    return total_loss / len(indices), correct / len(indices)
+        seen += len(rows)
+    return total_loss / max(seen, 1), correct / max(seen, 1)
+
+
+@torch.no_grad()
+def recompute_batchnorm(
+    model: nn.Module,
+    source: ImageSource,
+    indices: np.ndarray,
+    batch_size: int,
+    channels: int,
+    device: torch.device,
+) -> None:
+    """Replace batch-norm running statistics by their exact average over `indices` (un-augmented).
+
+    With few steps per epoch and a high learning rate, the running averages lag far behind the
+    weights, and eval-mode predictions collapse to one class; one extra forward pass fixes that.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average
+    model.train()
+    for _, batch in iterate_batches(source, indices, batch_size, channels, min_batch=2):
+        model(batch.to(device))
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
 
 
 @torch.inference_mode()
 def predict_proba(
-    model: nn.Module, source: ImageSource, indices: np.ndarray, batch_size: int, channels: int, device: torch.device
+    model: nn.Module,
+    source: ImageSource,
+    indices: np.ndarray,
+    batch_size: int,
+    channels: int,
+    device: torch.device,
 ) -> np.ndarray:
     """Softmax class probabilities (N, classes) for the rows `indices` of `source`."""
     model.eval()
@@ -156,8 +200,14 @@ def fit(
         train_loss, train_acc = _run_epoch(
             model, source, train_idx, labels, config, channels, device, loss_fn, optimizer, generator
         )
-        val_loss, val_acc = _evaluate(model, source, val_idx, labels, config.batch_size, channels, device, val_loss_fn)
-        record = dict(zip(HISTORY_COLUMNS, [epoch, train_loss, train_acc, val_loss, val_acc, lr], strict=True))
+        if config.precise_bn:
+            recompute_batchnorm(model, source, train_idx, config.batch_size, channels, device)
+        val_loss, val_acc = _evaluate(
+            model, source, val_idx, labels, config.batch_size, channels, device, val_loss_fn
+        )
+        record = dict(
+            zip(HISTORY_COLUMNS, [epoch, train_loss, train_acc, val_loss, val_acc, lr], strict=True)
+        )
         rows.append(record)
         monitored = val_loss if config.monitor == "val_loss" else val_acc
         if _improved(config.monitor, monitored, best_value):

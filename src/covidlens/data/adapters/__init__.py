@@ -1,0 +1,16 @@
+"""Dataset adapters: importing this package registers every layout in `ADAPTERS`."""
+
+from covidlens.data.adapters import class_folders, covid_ct, csv_manifest, multiclass_ct, sarscov2_ct
+from covidlens.data.adapters.base import ADAPTERS, Adapter, IndexOptions, IndexResult
+
+__all__ = [
+    "ADAPTERS",
+    "Adapter",
+    "IndexOptions",
+    "IndexResult",
+    "class_folders",
+    "covid_ct",
+    "csv_manifest",
+    "multiclass_ct",
+    "sarscov2_ct",
+]

@@ -1,4 +1,4 @@
-"""Any `<root>/<class>/...` tree: flat class folders, or one sub-folder per patient (deeper levels = scans)."""
+"""Any `<root>/<class>/...` tree: flat class folders, or one sub-folder per patient (deeper = scans)."""
 
 from __future__ import annotations
 
@@ -32,9 +32,12 @@ def index(path: Path, options: IndexOptions) -> IndexResult:
     root = unwrap_enclosing_folder(path)
     class_dirs = class_dirs_of(root)
     if not class_dirs:
-        raise CovidlensError(f"{root}: no folder here holds images; the {NAME} layout is <root>/<class>/<images>")
+        raise CovidlensError(
+            f"{root}: no folder here holds images; the {NAME} layout is <root>/<class>/<images>"
+        )
     candidates, skipped = collect_class_folders(path, root, class_dirs)
-    return build_result(path, candidates, NAME, options, skipped, patient_source="images directly in a class folder have none")
+    where = "images directly in a class folder have none"
+    return build_result(path, candidates, NAME, options, skipped, patient_source=where)
 
 
 ADAPTERS.register(NAME)(

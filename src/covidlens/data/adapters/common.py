@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import unicodedata
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from covidlens.data.adapters.base import IndexOptions, IndexResult
@@ -20,6 +22,7 @@ from covidlens.errors import CovidlensError
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 # The synthetic generator writes a slice's lesion mask beside it as `<stem>.mask.png`.
 MASK_SUFFIX = ".mask.png"
+IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"BM")
 NO_PATIENTS_HINT = (
     "pass --patient-regex REGEX (its first group, searched in each file's path relative to the data "
     "folder, is the patient) or --no-patients (image-wise: splits may leak, and reports will say so)"
@@ -56,13 +59,13 @@ class ImageListing(NamedTuple):
 
 def natural_key(text: str) -> tuple:
     """Sort key that orders digit runs by value, so slice_2 comes before slice_10."""
-    parts = re.split(r"(\d+)", text.casefold())
-    return tuple(int(part) if part.isdigit() else part for part in parts), text
+    parts = re.split(r"(\d+)", text.casefold())  # odd positions hold the digit runs
+    return tuple(int(part) if i % 2 else part for i, part in enumerate(parts)), text
 
 
 def is_hidden(name: str) -> bool:
-    """True for dot-files and dot-folders (.DS_Store, ._x.png, .ipynb_checkpoints)."""
-    return name.startswith(".")
+    """True for dot-files and dot-folders (.DS_Store, ._x.png, .ipynb_checkpoints) and macOS zip debris."""
+    return name.startswith(".") or name == "__MACOSX"
 
 
 def is_mask(path: Path) -> bool:
@@ -80,9 +83,14 @@ def mask_path_for(image: Path) -> Path:
     return image.with_name(image.name[: -len(image.suffix)] + MASK_SUFFIX)
 
 
+def refuse_unreadable_folder(error: OSError) -> None:
+    """os.walk error handler: a folder that cannot be listed is an error, not silently missing data."""
+    raise CovidlensError(f"{error.filename}: cannot list this folder ({error.strerror}); check permissions")
+
+
 def walk_files(folder: Path) -> Iterator[Path]:
     """Yield the non-hidden files below `folder` (recursively) in natural order of their paths."""
-    for current, dirs, files in os.walk(folder):
+    for current, dirs, files in os.walk(folder, onerror=refuse_unreadable_folder):
         dirs[:] = sorted((d for d in dirs if not is_hidden(d)), key=natural_key)
         for name in sorted((f for f in files if not is_hidden(f)), key=natural_key):
             yield Path(current, name)
@@ -116,7 +124,8 @@ def subfolders(folder: Path) -> list[Path]:
         entries = list(folder.iterdir())
     except (NotADirectoryError, FileNotFoundError):
         return []
-    return sorted((e for e in entries if e.is_dir() and not is_hidden(e.name)), key=lambda e: natural_key(e.name))
+    folders = [e for e in entries if e.is_dir() and not is_hidden(e.name)]
+    return sorted(folders, key=lambda e: natural_key(e.name))
 
 
 def find_child(folder: Path, name: str, want_dir: bool = True) -> Path | None:
@@ -152,7 +161,7 @@ def match_class_folders(root: Path, labels: dict[str, str]) -> dict[str, Path]:
         if label is None:
             continue
         if label in found:
-            raise CovidlensError(f"{root}: both {found[label].name} and {folder.name} exist; keep one of them")
+            raise CovidlensError(f"{root}: both {found[label].name} and {folder.name} exist; keep one")
         found[label] = folder
     return found
 
@@ -165,10 +174,9 @@ def class_folder_names(root: Path) -> set[str]:
 def class_folder_candidates(class_dir: Path, label: str) -> tuple[list[Candidate], list[Path]]:
     """Images of one class folder; the first sub-folder level is the patient, deeper levels the scan.
 
-    Images directly in the class folder get no patient id. Patient ids are prefixed with the label
-    (`COVID/patient 7`) so equal folder names in two classes stay two patients. slice_index is the
-    natural order of an image among the image files of its folder (corrupt ones included, so a bad
-    file leaves a gap rather than renumbering its neighbours).
+    Images directly in the class folder get no patient id. slice_index is the natural order of an
+    image among the image files of its folder (corrupt ones included, so a bad file leaves a gap
+    rather than renumbering its neighbours).
     """
     listing = list_images(class_dir)
     candidates: list[Candidate] = []
@@ -180,16 +188,27 @@ def class_folder_candidates(class_dir: Path, label: str) -> tuple[list[Candidate
             continue
         position = order_in_folder.get(path.parent, 0)
         order_in_folder[path.parent] = position + 1
-        candidates.append(
-            Candidate(
-                path=path,
-                label=label,
-                patient_id=f"{label}/{parts[0]}",
-                scan_id="/".join((label, *parts[:-1])),
-                slice_index=position,
-            )
-        )
+        scan = "/".join(parts[:-1])
+        candidates.append(Candidate(path, label, patient_id=parts[0], scan_id=scan, slice_index=position))
     return candidates, listing.not_images
+
+
+def prefix_shared_patient_names(candidates: list[Candidate]) -> None:
+    """Prefix every patient (and scan) id with its class when a patient folder name occurs in two classes.
+
+    The folder name alone is the id when names are unique (as in paper 000's set and the synthetic
+    data); otherwise `patient1` under COVID and under Healthy would merge into one patient.
+    """
+    classes_of: dict[str, set[str]] = {}
+    for candidate in candidates:
+        if candidate.patient_id:
+            classes_of.setdefault(candidate.patient_id, set()).add(candidate.label)
+    if all(len(labels) == 1 for labels in classes_of.values()):
+        return
+    for candidate in candidates:
+        if candidate.patient_id:
+            candidate.patient_id = f"{candidate.label}/{candidate.patient_id}"
+            candidate.scan_id = f"{candidate.label}/{candidate.scan_id}"
 
 
 def collect_class_folders(dataset_root: Path, root: Path,
@@ -201,6 +220,7 @@ def collect_class_folders(dataset_root: Path, root: Path,
         found, not_images = class_folder_candidates(class_dir, label)
         candidates += found
         skipped += not_image_reasons(not_images, dataset_root)
+    prefix_shared_patient_names(candidates)
     skipped += images_outside(root, class_dirs.values(), dataset_root)
     return candidates, skipped
 
@@ -217,7 +237,8 @@ def images_outside(root: Path, class_dirs: Iterable[Path], dataset_root: Path) -
 
 def not_image_reasons(files: Iterable[Path], root: Path) -> list[tuple[str, str]]:
     """Skipped-list entries for non-image files found among the images."""
-    return [(relative_id(path, root), f"not an image file (extension {path.suffix or 'none'!r})") for path in files]
+    return [(relative_id(path, root), f"not an image file (extension {path.suffix or 'none'!r})")
+            for path in files]
 
 
 def check_image(path: Path) -> str | None:
@@ -230,16 +251,25 @@ def check_image(path: Path) -> str | None:
                 image.verify()  # reads every chunk and checks its CRC: catches truncation, no decoding
             else:
                 image.draft(image.mode, (max(1, image.width // 8), max(1, image.height // 8)))
-                image.load()  # other formats have no verify(); a (reduced-size for JPEG) decode catches truncation
+                image.load()  # no verify() for other formats; a decode (reduced for JPEG) catches truncation
     except FileNotFoundError:
         return "no such file"
     except UnidentifiedImageError:
+        if has_image_signature(path):
+            return "truncated or corrupt image (its header cannot be read)"
         return "not an image (the content is no image format Pillow knows)"
     except Image.DecompressionBombError as exc:
         return f"image too large to decode safely ({exc})"
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         return f"truncated or corrupt image ({exc})"
     return None
+
+
+def has_image_signature(path: Path) -> bool:
+    """True when the file starts like a PNG, JPEG, TIFF or BMP file."""
+    with open(path, "rb") as handle:
+        start = handle.read(8)
+    return start.startswith(IMAGE_SIGNATURES)
 
 
 def check_sample(path: Path) -> str | None:
@@ -272,7 +302,7 @@ def compile_patient_regex(pattern: str) -> re.Pattern[str]:
     try:
         regex = re.compile(pattern)
     except re.error as exc:
-        raise CovidlensError(f"--patient-regex {pattern!r} is not a valid regular expression ({exc})") from None
+        raise CovidlensError(f"--patient-regex {pattern!r} is not a valid regex: {exc}") from None
     if regex.groups < 1:
         raise CovidlensError(
             f"--patient-regex {pattern!r} has no capture group; wrap the patient part in (...), "
@@ -312,7 +342,9 @@ def require_layout_patients(root: Path, layout: str, candidates: list[Candidate]
         return
     source = f" ({where})" if where else ""
     if len(lacking) == len(candidates):
-        raise CovidlensError(f"{root}: no patient ids can be found in the {layout} layout{source}; {NO_PATIENTS_HINT}")
+        raise CovidlensError(
+            f"{root}: no patient ids can be found in the {layout} layout{source}; {NO_PATIENTS_HINT}"
+        )
     names = [relative_id(c.path, root) for c in lacking]
     raise CovidlensError(
         f"{root}: {len(lacking)} image(s) have no patient id{source}: {list_some(names)}; "
@@ -359,10 +391,11 @@ def build_result(root: Path, candidates: list[Candidate], layout: str, options: 
     unusable = find_unusable([c.path for c in candidates])
     usable: list[Candidate] = []
     for candidate in candidates:
-        if candidate.path in unusable:
-            skipped.append((candidate.sample_id or relative_id(candidate.path, root), unusable[candidate.path]))
-        else:
+        reason = unusable.get(candidate.path)
+        if reason is None:
             usable.append(candidate)
+        else:
+            skipped.append((candidate.sample_id or relative_id(candidate.path, root), reason))
     relative_paths = [relative_id(c.path, root) for c in usable]
     sample_ids = [c.sample_id or rel for c, rel in zip(usable, relative_paths, strict=True)]
     assign_patients(usable, sample_ids, relative_paths, options)
@@ -384,7 +417,8 @@ def find_mask(candidate: Candidate) -> str:
     return str(beside) if beside.is_file() else ""
 
 
-def manifest_row(candidate: Candidate, sample_id: str, layout: str, mask: str | None, with_split: bool) -> dict:
+def manifest_row(candidate: Candidate, sample_id: str, layout: str, mask: str | None,
+                 with_split: bool) -> dict:
     """One manifest row; optional columns only when the dataset has them."""
     row: dict = {
         "sample_id": sample_id,
@@ -408,3 +442,41 @@ def manifest_row(candidate: Candidate, sample_id: str, layout: str, mask: str | 
 def name_key(name: str) -> str:
     """A file name normalised for tolerant matching: Unicode NFC, whitespace runs collapsed, case-folded."""
     return " ".join(unicodedata.normalize("NFC", name).split()).casefold()
+
+
+def normalize_header(header: str) -> str:
+    """'  Patient_ID ' -> 'patient id'."""
+    return " ".join(str(header).replace("_", " ").split()).casefold()
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Read a CSV (delimiter guessed from the header line) or XLSX table as strings."""
+    if path.suffix.lower() == ".xlsx":
+        try:
+            return pd.read_excel(path, dtype=str).fillna("")
+        except ImportError:
+            raise CovidlensError(
+                f"{path}: reading .xlsx needs openpyxl; pip install openpyxl, or save the table as "
+                f"{path.with_suffix('.csv').name} beside it"
+            ) from None
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")  # spreadsheet exports are often Windows-encoded
+    header = text.splitlines()[0] if text else ""
+    delimiter = max((",", ";", "\t"), key=header.count)
+    try:
+        return pd.read_csv(io.StringIO(text), sep=delimiter, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise CovidlensError(f"{path}: not a readable CSV table ({exc})") from None
+
+
+def pick_column(table: pd.DataFrame, wanted: tuple[str, ...], path: Path, what: str) -> str:
+    """The column of `table` whose normalised header is the first of `wanted` present."""
+    by_name = {normalize_header(column): column for column in table.columns}
+    for name in wanted:
+        if name in by_name:
+            return by_name[name]
+    found = ", ".join(repr(c) for c in table.columns)
+    raise CovidlensError(f"{path}: no {what} column (looked for {', '.join(wanted)}; found {found})")

@@ -15,11 +15,8 @@ file is kept with split "" and an `IndexWarning` names it; so does a split entry
 
 from __future__ import annotations
 
-import io
 import warnings
 from pathlib import Path
-
-import pandas as pd
 
 from covidlens.data.adapters.base import ADAPTERS, Adapter, IndexOptions, IndexResult
 from covidlens.data.adapters.common import (
@@ -31,6 +28,8 @@ from covidlens.data.adapters.common import (
     list_some,
     name_key,
     not_image_reasons,
+    pick_column,
+    read_table,
     relative_id,
     unwrap_enclosing_folder,
     walk_files,
@@ -63,9 +62,6 @@ class NameTable:
         """The value recorded for `name`, or None."""
         return self.exact.get(name, self.loose.get(name_key(name)))
 
-    def __len__(self) -> int:
-        return len(self.exact)
-
 
 def image_parent(root: Path) -> Path | None:
     """The first of Images-processed/, Images/ or the root that holds a CT_COVID or CT_NonCOVID entry."""
@@ -88,7 +84,9 @@ def image_folders(root: Path) -> dict[str, Path]:
     """Label -> image folder; a missing folder is an error that says what to unzip."""
     parent = image_parent(root)
     if parent is None:
-        raise CovidlensError(f"{root}: no CT_COVID / CT_NonCOVID folder found under Images-processed/, Images/ or here")
+        raise CovidlensError(
+            f"{root}: no CT_COVID / CT_NonCOVID folder found under Images-processed/, Images/ or here"
+        )
     folders: dict[str, Path] = {}
     for label, folder_name in IMAGE_FOLDERS.items():
         folder = find_child(parent, folder_name)
@@ -109,44 +107,6 @@ def find_metadata(root: Path, stem: str) -> Path | None:
             if found:
                 return found
     return None
-
-
-def normalize_header(header: str) -> str:
-    """'  Patient_ID ' -> 'patient id'."""
-    return " ".join(str(header).replace("_", " ").split()).casefold()
-
-
-def read_table(path: Path) -> pd.DataFrame:
-    """Read a CSV (delimiter guessed from the header line) or XLSX table as strings."""
-    if path.suffix.lower() == ".xlsx":
-        try:
-            return pd.read_excel(path, dtype=str).fillna("")
-        except ImportError:
-            raise CovidlensError(
-                f"{path}: reading .xlsx needs openpyxl; pip install openpyxl, or save the table as "
-                f"{path.with_suffix('.csv').name} beside it"
-            ) from None
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        text = raw.decode("latin-1")  # spreadsheet exports are often Windows-encoded
-    header = text.splitlines()[0] if text else ""
-    delimiter = max((",", ";", "\t"), key=header.count)
-    try:
-        return pd.read_csv(io.StringIO(text), sep=delimiter, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise CovidlensError(f"{path}: not a readable CSV table ({exc})") from None
-
-
-def pick_column(table: pd.DataFrame, wanted: tuple[str, ...], path: Path, what: str) -> str:
-    """The column of `table` whose normalised header is the first of `wanted` present."""
-    by_name = {normalize_header(column): column for column in table.columns}
-    for name in wanted:
-        if name in by_name:
-            return by_name[name]
-    found = ", ".join(repr(c) for c in table.columns)
-    raise CovidlensError(f"{path}: no {what} column (looked for {', '.join(wanted)}; found {found})")
 
 
 def read_patient_table(path: Path) -> NameTable:
@@ -193,7 +153,9 @@ def read_splits(root: Path) -> dict[str, NameTable] | None:
                 continue
             earlier = splits[label].get(name)
             if earlier is not None and earlier != split:
-                raise CovidlensError(f"{path}: {name!r} is also in the {earlier} list; an image belongs to one split")
+                raise CovidlensError(
+                    f"{path}: {name!r} is also in the {earlier} list; an image belongs to one split"
+                )
             splits[label].add(name, split)
     return splits
 
@@ -203,7 +165,8 @@ def warn_split_mismatches(root: Path, candidates: list[Candidate], splits: dict[
     unsplit = [relative_id(c.path, root) for c in candidates if not c.split]
     if unsplit:
         warnings.warn(
-            f"{root}: {len(unsplit)} image(s) are in no {SPLIT_FOLDER} list and get split '': {list_some(unsplit)}",
+            f"{root}: {len(unsplit)} image(s) are in no {SPLIT_FOLDER} list and get split '': "
+            f"{list_some(unsplit)}",
             IndexWarning,
             stacklevel=3,
         )
@@ -212,7 +175,8 @@ def warn_split_mismatches(root: Path, candidates: list[Candidate], splits: dict[
         absent = [name for name in table.exact if name_key(name) not in present]
         if absent:
             warnings.warn(
-                f"{root}: {len(absent)} {label} image(s) named in {SPLIT_FOLDER} are not on disk: {list_some(absent)}",
+                f"{root}: {len(absent)} {label} image(s) named in {SPLIT_FOLDER} are not on disk: "
+                f"{list_some(absent)}",
                 IndexWarning,
                 stacklevel=3,
             )
@@ -232,9 +196,8 @@ def index(path: Path, options: IndexOptions) -> IndexResult:
         skipped += not_image_reasons(listing.not_images, path)
         for image in listing.images:
             split = (splits[label].get(image.name) or "") if splits is not None else None
-            candidates.append(
-                Candidate(path=image, label=label, patient_id=patients[label].get(image.name) or "", split=split)
-            )
+            patient = patients[label].get(image.name) or ""
+            candidates.append(Candidate(path=image, label=label, patient_id=patient, split=split))
     if splits is None:
         warnings.warn(f"{root}: no {SPLIT_FOLDER} folder, so no official split", IndexWarning, stacklevel=2)
     else:

@@ -24,7 +24,7 @@ def detect(path: Path) -> bool:
 
 
 def index(path: Path, options: IndexOptions) -> IndexResult:
-    """Index `<root>/<class>/<patient>/<slice>.png`; patient id = `<class>/<patient folder>`, scan = patient."""
+    """Index `<class>/<patient>/<slice>.png`; patient = scan = patient folder (`<class>/` added if shared)."""
     root = unwrap_enclosing_folder(path)
     class_dirs = match_class_folders(root, LABELS)
     missing = [label for label in LABELS.values() if label not in class_dirs]
@@ -34,13 +34,14 @@ def index(path: Path, options: IndexOptions) -> IndexResult:
             "COVID, Healthy and Others (any letter case)"
         )
     candidates, skipped = collect_class_folders(path, root, class_dirs)
-    return build_result(path, candidates, NAME, options, skipped, patient_source="an image must lie in a patient folder")
+    where = "an image must lie in a patient folder"
+    return build_result(path, candidates, NAME, options, skipped, patient_source=where)
 
 
 ADAPTERS.register(NAME)(
     Adapter(
         name=NAME,
-        description="COVID / Healthy / Others class folders, one sub-folder of PNG slices per patient (paper 000)",
+        description="COVID / Healthy / Others folders, one sub-folder of PNG slices per patient (paper 000)",
         detect=detect,
         index=index,
         priority=20,

@@ -1,4 +1,4 @@
-"""The SARS-CoV-2 CT-scan dataset (Soares & Angelov): flat `COVID/` and `non-COVID/` folders, no patient ids."""
+"""The SARS-CoV-2 CT-scan set (Soares & Angelov): flat `COVID/` and `non-COVID/` folders, no patient ids."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ def index(path: Path, options: IndexOptions) -> IndexResult:
     missing = [label for label in LABELS.values() if label not in class_dirs]
     if missing:
         raise CovidlensError(
-            f"{root}: class folder(s) {', '.join(missing)} not found; the {NAME} layout needs COVID and non-COVID"
+            f"{root}: class folder(s) {', '.join(missing)} not found; "
+            f"the {NAME} layout needs COVID and non-COVID"
         )
     candidates, skipped = collect_class_folders(path, root, class_dirs)
     return build_result(path, candidates, NAME, options, skipped, patient_source="the dataset ships none")

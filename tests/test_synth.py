@@ -1,0 +1,299 @@
+"""Tests of the synthetic chest CT phantom generator (covidlens.data.synth)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from covidlens import __version__
+from covidlens.data import synth
+from covidlens.data.synth import SYNTH_KINDS, synth_ct_slices, synthesize
+from covidlens.errors import CovidlensError
+
+SMALL = {"size": 128, "slices": (3, 8)}
+
+
+def _read(path: Path | str) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    assert image is not None, path
+    return image
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _mask_rows(frame: pd.DataFrame, label: str) -> pd.DataFrame:
+    return frame[(frame.label == label) & (frame.mask_path != "")]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
+    out = tmp_path_factory.mktemp("synth") / "ct"
+    return out, synthesize("ct-slices", out, patients=9, seed=3, **SMALL)
+
+
+def test_registry_holds_only_implemented_kinds() -> None:
+    assert SYNTH_KINDS.names() == ["ct-slices"]
+    assert SYNTH_KINDS.get("ct-slices") is synth_ct_slices
+
+
+def test_class_counts_follow_paper_proportions() -> None:
+    assert synth.class_counts(210) == {"COVID": 80, "Healthy": 50, "Others": 80}
+    assert synth.class_counts(3) == {"COVID": 1, "Healthy": 1, "Others": 1}
+    for n in range(3, 40):
+        counts = synth.class_counts(n)
+        assert sum(counts.values()) == n and min(counts.values()) >= 1
+    assert synth.patient_labels(3) == ["COVID", "Healthy", "Others"]
+
+
+def test_layout_ids_and_images(dataset: tuple[Path, pd.DataFrame]) -> None:
+    out, frame = dataset
+    assert sorted(p.name for p in out.iterdir()) == ["COVID", "Healthy", "Others", "synth.json"]
+    assert list(frame.columns) == ["path", "label", "patient_id", "slice_index", "mask_path"]
+    assert frame.patient_id.nunique() == 9
+    assert (frame.groupby("patient_id").label.nunique() == 1).all()
+    written = sorted(p for p in out.rglob("*.png") if not p.name.endswith(".mask.png"))
+    assert sorted(Path(p) for p in frame.path) == written
+    for pid, rows in frame.groupby("patient_id"):
+        label = rows.label.iloc[0]
+        assert re.fullmatch(rf"{label.lower()}_p\d{{3}}", pid)
+        folder = out / label / pid
+        names = sorted(p.name for p in folder.glob("slice_*.png") if not p.name.endswith(".mask.png"))
+        assert names == [f"slice_{i:03d}.png" for i in range(len(rows))]
+        assert sorted(rows.slice_index) == list(range(len(rows)))
+        assert 3 <= len(rows) <= 8
+    assert frame.groupby("patient_id").size().nunique() > 1, "slice counts should vary between patients"
+    for path in frame.path.iloc[::7]:
+        image = _read(path)
+        assert image.shape == (128, 128) and image.dtype == np.uint8
+    record = json.loads((out / "synth.json").read_text())
+    assert record["kind"] == "ct-slices" and record["patients"] == 9 and record["seed"] == 3
+    assert record["size"] == 128 and record["slices"] == [3, 8] and record["difficulty"] == 0.5
+    assert record["covidlens_version"] == __version__
+
+
+def test_default_size_is_512_grayscale(tmp_path: Path) -> None:
+    frame = synthesize("ct-slices", tmp_path / "ct", patients=3, slices=(1, 1))
+    assert len(frame) == 3
+    image = _read(frame.path.iloc[0])
+    assert image.shape == (512, 512) and image.dtype == np.uint8
+
+
+def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path: Path) -> None:
+    args = {"patients": 6, "size": 128, "slices": (3, 5)}
+    first = _digest_run(tmp_path / "a", seed=11, **args)
+    second = _digest_run(tmp_path / "b", seed=11, **args)
+    other = _digest_run(tmp_path / "c", seed=12, **args)
+    assert first == second
+    shared = set(first) & set(other) - {"synth.json"}
+    assert any(first[name] != other[name] for name in shared)
+
+
+def _digest_run(out: Path, **kwargs: object) -> dict[str, str]:
+    synthesize("ct-slices", out, **kwargs)
+    return _digest(out)
+
+
+def test_patient_depends_only_on_seed_and_index(tmp_path: Path) -> None:
+    args = {"seed": 5, "size": 64, "slices": (2, 4)}
+    small = _digest_run(tmp_path / "three", patients=3, **args)
+    large = _digest_run(tmp_path / "six", patients=6, **args)
+    first = {k: v for k, v in small.items() if k.startswith("COVID/covid_p001/")}
+    assert first and all(large[k] == v for k, v in first.items())
+
+
+def test_masks_sit_only_beside_lesioned_slices(dataset: tuple[Path, pd.DataFrame]) -> None:
+    out, frame = dataset
+    masks = sorted(out.rglob("*.mask.png"))
+    assert sorted(Path(p) for p in frame.mask_path if p) == masks
+    assert not list((out / "Healthy").rglob("*.mask.png"))
+    for row in frame[frame.mask_path != ""].itertuples():
+        assert row.mask_path == row.path[: -len(".png")] + ".mask.png"
+        mask = _read(row.mask_path)
+        assert mask.shape == (128, 128) and set(np.unique(mask)) == {0, 255}
+    for label in ("COVID", "Others"):
+        ill = frame[frame.label == label]
+        assert (ill.groupby("patient_id").mask_path.apply(lambda m: (m != "").any())).all()
+
+
+def test_not_every_ill_slice_has_a_lesion(tmp_path: Path) -> None:
+    frame = synthesize(
+        "ct-slices", tmp_path / "ct", patients=6, seed=2, difficulty=1.0, size=64, slices=(12, 12)
+    )
+    ill = frame[frame.label != "Healthy"]
+    assert 0.2 < (ill.mask_path != "").mean() < 0.9
+
+
+def test_covid_masks_are_bilateral(dataset: tuple[Path, pd.DataFrame]) -> None:
+    _, frame = dataset
+    both = []
+    for path in _mask_rows(frame, "COVID").mask_path:
+        mask = _read(path) > 0
+        both.append(mask[:, :64].any() and mask[:, 64:].any())
+    assert len(both) >= 5 and np.mean(both) >= 0.8
+
+
+def test_others_masks_are_mostly_unilateral(dataset: tuple[Path, pd.DataFrame]) -> None:
+    _, frame = dataset
+    shares = []
+    for path in _mask_rows(frame, "Others").mask_path:
+        mask = _read(path) > 0
+        left, right = mask[:, :64].sum(), mask[:, 64:].sum()
+        shares.append(max(left, right) / (left + right))
+    assert len(shares) >= 5 and np.mean(shares) >= 0.85
+
+
+def test_covid_lesions_are_peripheral() -> None:
+    ratios = []
+    for index in range(4):
+        anatomy_rng, findings_rng, _ = synth.patient_streams(21, index)
+        phantom = synth.make_phantom("COVID", 0.5, anatomy_rng, findings_rng)
+        band = phantom.findings[0]
+        render = synth.render_hu_slice(phantom, band.z_center, 128)
+        lung = render.lung.astype(np.uint8)
+        to_border = cv2.distanceTransform(lung, cv2.DIST_L2, 5)
+        count, labels, _, centroids = cv2.connectedComponentsWithStats(lung)
+        ys, xs = np.nonzero(render.lesion)
+        assert len(ys) > 20
+        to_centre = np.hypot(xs - centroids[labels[ys, xs], 0], ys - centroids[labels[ys, xs], 1])
+        ratios.append(to_border[ys, xs].mean() / to_centre.mean())
+    assert max(ratios) < 1.0 and np.mean(ratios) < 0.6
+
+
+def _lesion_contrast(frame: pd.DataFrame, label: str) -> float:
+    """Mean gray level inside masks minus that of the dark (lung) ring just around them."""
+    kernel = np.ones((7, 7), np.uint8)
+    inside, ring = [], []
+    for row in _mask_rows(frame, label).itertuples():
+        image, mask = _read(row.path).astype(float), _read(row.mask_path) > 0
+        around = (cv2.dilate(mask.astype(np.uint8), kernel) > 0) & ~mask & (image < 140)
+        inside.append(image[mask])
+        ring.append(image[around])
+    return float(np.concatenate(inside).mean() - np.concatenate(ring).mean())
+
+
+def test_lesions_get_subtler_as_difficulty_rises(tmp_path: Path) -> None:
+    contrast: dict[str, list[float]] = {"COVID": [], "Others": []}
+    lesioned = []
+    for difficulty in (0.0, 0.5, 1.0):
+        out = tmp_path / f"d{difficulty}"
+        frame = synthesize(
+            "ct-slices", out, patients=6, seed=4, difficulty=difficulty, size=128, slices=(8, 8)
+        )
+        for label, values in contrast.items():
+            values.append(_lesion_contrast(frame, label))
+        lesioned.append((frame[frame.label != "Healthy"].mask_path != "").mean())
+    for label, values in contrast.items():
+        assert values[0] > values[1] > values[2], (label, values)
+        assert values[2] > 4.0, f"{label} lesions at difficulty 1 should still be there: {values}"
+    assert lesioned[0] > lesioned[2]
+
+
+@pytest.mark.parametrize(("label", "floor"), [("COVID", 60.0), ("Others", 200.0)])
+def test_finding_density_falls_with_difficulty(label: str, floor: float) -> None:
+    """Median HU rise inside the lesion (clean render) falls with difficulty, whatever the lesion size."""
+    rises = []
+    for difficulty in (0.0, 0.5, 1.0):
+        anatomy_rng, findings_rng, _ = synth.patient_streams(8, 0)
+        phantom = synth.make_phantom(label, difficulty, anatomy_rng, findings_rng)
+        render = synth.render_hu_slice(phantom, phantom.findings[0].z_center, 128)
+        healthy = synth.render_hu_slice(synth.Phantom("", "Healthy", phantom.anatomy, (), 0.0), 0.5, 128)
+        baseline = np.median(healthy.hu[healthy.lung])
+        rises.append(float(np.median(render.hu[render.lesion]) - baseline))
+    assert rises[0] > rises[1] > rises[2] > floor, rises
+    assert rises[2] < 0.55 * rises[0], f"lesion density, not only size, should fall: {rises}"
+
+
+def test_anatomy_lungs_dark_body_bright_air_darkest() -> None:
+    anatomy_rng, findings_rng, scan_rng = synth.patient_streams(0, 1)
+    phantom = synth.make_phantom("Healthy", 0.5, anatomy_rng, findings_rng)
+    render = synth.render_hu_slice(phantom, 0.5, 256)
+    image = synth.lung_window(synth.simulate_acquisition(render.hu, scan_rng, phantom.noise_hu))
+    assert not render.lesion.any()
+    lung_fraction = render.lung.mean()
+    assert 0.08 < lung_fraction < 0.4
+    body = (render.hu > -500) & ~render.lung
+    body[:, :] &= cv2.erode((render.hu > -500).astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
+    lung_mean, body_mean, air_mean = image[render.lung].mean(), image[body].mean(), image[:20, :20].mean()
+    assert air_mean < lung_mean < 120 < 180 < body_mean
+    assert render.lung[:, :128].any() and render.lung[:, 128:].any(), "two lungs, one each side"
+    assert image[render.hu > 500].min() > 240, "bone is white in the lung window"
+
+
+@pytest.mark.parametrize("size", [64, 256, 512])
+def test_acquisition_noise_has_the_nominal_std(size: int) -> None:
+    flat = np.zeros((size, size), np.float32)
+    noisy = synth.simulate_acquisition(flat, np.random.default_rng(0), 30.0)
+    assert noisy.std() == pytest.approx(30.0, rel=0.05)
+
+
+def test_lung_window_maps_hounsfield_units() -> None:
+    hu = np.array([[-1400.0, -1350.0, -600.0, 150.0, 900.0]], np.float32)
+    assert synth.lung_window(hu).tolist() == [[0, 0, 128, 255, 255]]
+
+
+def test_progress_is_called_after_each_patient(tmp_path: Path) -> None:
+    calls: list[tuple[int, int]] = []
+    synth_ct_slices(tmp_path / "ct", 4, size=32, slices=(1, 2), progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+
+def test_empty_existing_folder_is_used(tmp_path: Path) -> None:
+    out = tmp_path / "empty"
+    out.mkdir()
+    assert len(synthesize("ct-slices", out, patients=3, size=32, slices=(1, 1))) == 3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"patients": 2}, "patients=2"),
+        ({"patients": 0}, "patients=0"),
+        ({"difficulty": -0.1}, "difficulty=-0.1"),
+        ({"difficulty": 1.5}, "difficulty=1.5"),
+        ({"seed": -1}, "seed=-1"),
+        ({"size": 16}, "size=16"),
+        ({"slices": (5, 3)}, "slices=(5, 3)"),
+        ({"slices": (0, 2)}, "slices=(0, 2)"),
+        ({"slices": "many"}, "slices='many'"),
+        ({"kind": "ct-volume"}, "ct-volume"),
+        ({"depth": 3}, "depth"),
+    ],
+)
+def test_bad_arguments_raise_one_line_errors(tmp_path: Path, kwargs: dict[str, object], named: str) -> None:
+    args: dict[str, object] = {"kind": "ct-slices", "patients": 3, "size": 32, "slices": (1, 1), **kwargs}
+    out = tmp_path / "ct"
+    with pytest.raises(CovidlensError) as error:
+        synthesize(args.pop("kind"), out, **args)  # type: ignore[arg-type]
+    message = str(error.value)
+    assert named in message and "\n" not in message
+    assert not out.exists(), "nothing is written when the arguments are bad"
+
+
+def test_non_empty_folder_is_refused_and_untouched(tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    before = _digest(out)
+    with pytest.raises(CovidlensError, match="exists and is not empty"):
+        synthesize("ct-slices", out, patients=3, size=32, slices=(1, 1))
+    with pytest.raises(CovidlensError, match="exists and is not empty"):
+        synth_ct_slices(out, 3, size=32, slices=(1, 1))
+    assert _digest(out) == before
+    a_file = tmp_path / "file.png"
+    a_file.write_bytes(b"x")
+    with pytest.raises(CovidlensError, match="not a folder"):
+        synthesize("ct-slices", a_file, patients=3)
+    assert a_file.read_bytes() == b"x"
