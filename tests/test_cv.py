@@ -122,3 +122,30 @@ def test_killed_run_resumes_to_the_same_metrics(finished_run, tiny_ct, tmp_path)
         pd.read_csv(run_dir / "predictions.csv"),
         check_exact=False,
     )
+
+
+def test_fixed_split_lists_give_one_fold(tiny_ct, tmp_path):
+    from covidlens.data.index import index_dataset
+
+    manifest = index_dataset(tiny_ct).manifest
+    patients = sorted(manifest["patient_id"].unique())
+    role = {p: ("test", "train", "train", "val", "train")[i % 5] for i, p in enumerate(patients)}
+    manifest["split"] = manifest["patient_id"].map(role)
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    recipe = fast_recipe("cv.split=fixed", "train.epochs=1")
+    summary = run_cv(recipe, tmp_path / "manifest.csv", tmp_path / "run", show_progress=False)
+    folds = pd.read_csv(tmp_path / "run" / "folds.csv")
+    merged = folds.merge(manifest[["sample_id", "split"]], on="sample_id")
+    assert (merged["role"] == merged["split"]).all()
+    assert summary["n_units"] == 1
+    assert "fixed train / validation / test lists" in write_report(tmp_path / "run").read_text()
+
+
+def test_image_wise_run_is_flagged_in_the_report(tiny_ct, tmp_path):
+    from covidlens.data.adapters.base import IndexOptions
+
+    recipe = fast_recipe("train.epochs=1")
+    image_wise = IndexOptions(no_patients=True)
+    summary = run_cv(recipe, tiny_ct, tmp_path / "run", options=image_wise, show_progress=False)
+    assert summary["image_wise"] is True
+    assert "IMAGE-WISE" in write_report(tmp_path / "run").read_text()

@@ -85,6 +85,9 @@ class TrainConfig(Section):
 
 
 class CVConfig(Section):
+    split: Literal["kfold", "fixed"] = Field(
+        "kfold", description="kfold: patient-wise k-fold; fixed: the dataset's own train/val/test lists"
+    )
     folds: int = Field(5, ge=2)
     rounds: int = Field(1, ge=1)
     val_fraction: float = Field(0.15, gt=0, lt=1)

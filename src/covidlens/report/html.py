@@ -48,6 +48,16 @@ def metrics_table(summary: dict) -> pd.DataFrame:
     return pd.DataFrame(summary_rows(summary), columns=METRIC_COLUMNS).set_index("Class")
 
 
+def validation_text(cv: dict) -> str:
+    """How the run validated its models, in words."""
+    if cv.get("split") == "fixed":
+        return "the dataset's own fixed train / validation / test lists (one fold)"
+    return (
+        f"{cv['rounds']} round(s) x {cv['folds']} folds, patient-wise, "
+        f"validation {cv['val_fraction']:.0%} of training patients, seed {cv['seed']}"
+    )
+
+
 def build_report(run_dir: Path) -> str:
     """The report's HTML text for a finished run directory."""
     needed = ["config.yaml", "manifest.csv", "folds.csv", "history.csv", "metrics.json"]
@@ -75,10 +85,7 @@ def build_report(run_dir: Path) -> str:
         "warning": warning,
         "recipe": html.escape(config["name"]),
         "model": html.escape(config["model"]["name"]),
-        "cv": html.escape(
-            f"{config['cv']['rounds']} round(s) x {config['cv']['folds']} folds, patient-wise, "
-            f"validation {config['cv']['val_fraction']:.0%} of training patients, seed {config['cv']['seed']}"
-        ),
+        "cv": html.escape(validation_text(config["cv"])),
         "input": html.escape(f"{config['data']['image_size']} px, {config['data']['channels']} channel(s)"),
         "data_summary": _table(summarize(manifest)),
         "split_summary": _table(split_summary(manifest, folds)),

@@ -15,7 +15,7 @@ from covidlens.data.adapters.base import IndexOptions
 from covidlens.data.cache import DecodedImages, ImageSource, build_cache
 from covidlens.data.index import index_dataset
 from covidlens.data.manifest import class_names, is_image_wise, read_manifest, write_manifest
-from covidlens.data.splits import check_folds, patient_wise_folds
+from covidlens.data.splits import check_folds, folds_from_split_column, patient_wise_folds
 from covidlens.errors import CovidlensError
 from covidlens.evaluate.aggregate import summarize_cv
 from covidlens.models import create_model
@@ -91,7 +91,10 @@ def _load_folds(paths: RunPaths, manifest: pd.DataFrame, recipe: Recipe) -> pd.D
         check_folds(folds, manifest)
         return folds
     cv = recipe.cv
-    folds = patient_wise_folds(manifest, cv.folds, cv.rounds, cv.seed, cv.val_fraction)
+    if cv.split == "fixed":
+        folds = folds_from_split_column(manifest)
+    else:
+        folds = patient_wise_folds(manifest, cv.folds, cv.rounds, cv.seed, cv.val_fraction)
     atomic.write_csv(paths.folds, folds)
     return folds
 
@@ -190,19 +193,24 @@ def run_cv(
         torch.set_num_threads(recipe.train.threads)
     device = select_device(recipe.train.device)
     source = image_source(paths, manifest, recipe, show_progress)
-    for round_index in range(recipe.cv.rounds):
-        for fold in range(recipe.cv.folds):
-            if (paths.fold_dir(round_index, fold) / "predictions.csv").is_file():
-                continue
-            _train_fold(
-                paths, recipe, manifest, folds, source, classes, round_index, fold, device, show_progress
-            )
-    return finish_run(paths, recipe, classes, is_image_wise(manifest))
+    for round_index, fold in fold_keys(folds):
+        if (paths.fold_dir(round_index, fold) / "predictions.csv").is_file():
+            continue
+        _train_fold(paths, recipe, manifest, folds, source, classes, round_index, fold, device, show_progress)
+    return finish_run(paths, recipe, folds, classes, is_image_wise(manifest))
 
 
-def finish_run(paths: RunPaths, recipe: Recipe, classes: list[str], image_wise: bool) -> dict:
+def fold_keys(folds: pd.DataFrame) -> list[tuple[int, int]]:
+    """The (round, fold) pairs of a folds table, in order."""
+    pairs = folds[["round", "fold"]].drop_duplicates().sort_values(["round", "fold"])
+    return [(int(r), int(f)) for r, f in pairs.itertuples(index=False)]
+
+
+def finish_run(
+    paths: RunPaths, recipe: Recipe, folds: pd.DataFrame, classes: list[str], image_wise: bool
+) -> dict:
     """Gather fold tables into the run's predictions.csv, history.csv and metrics.json."""
-    fold_dirs = [paths.fold_dir(r, f) for r in range(recipe.cv.rounds) for f in range(recipe.cv.folds)]
+    fold_dirs = [paths.fold_dir(r, f) for r, f in fold_keys(folds)]
     predictions = pd.concat([pd.read_csv(d / "predictions.csv", dtype={"sample_id": str}) for d in fold_dirs])
     history = pd.concat([pd.read_csv(d / "history.csv") for d in fold_dirs])
     atomic.write_csv(paths.predictions, predictions)
