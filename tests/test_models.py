@@ -38,7 +38,7 @@ def test_bad_weights_files(tmp_path):
         load_weights(model, tmp_path / "missing.pt")
     junk = tmp_path / "junk.pt"
     junk.write_text("junk")
-    with pytest.raises(CovidlensError, match="not a PyTorch weights file"):
+    with pytest.raises(CovidlensError, match="not a readable PyTorch weights file"):
         load_weights(model, junk)
     other = tmp_path / "other.pt"
     torch.save({"x.weight": torch.zeros(2)}, other)

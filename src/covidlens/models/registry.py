@@ -6,6 +6,7 @@ import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -89,15 +90,20 @@ def _create_timm(name: str, num_classes: int, in_chans: int, pretrained: bool, d
         ) from None
 
 
-def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Load a local state dict, skipping tensors whose shape differs (e.g. a 1000-class head)."""
+def read_torch_file(path: str | Path, what: str) -> Any:
+    """torch.load a tensors-only file on the CPU; a missing or damaged file is a CovidlensError."""
     path = Path(path)
     if not path.is_file():
-        raise CovidlensError(f"{path}: weights file not found")
+        raise CovidlensError(f"{path}: {what} not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a bad file
-        raise CovidlensError(f"{path}: not a PyTorch weights file ({type(exc).__name__})") from None
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise CovidlensError(f"{path}: not a readable {what} ({type(exc).__name__})") from None
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a local state dict, skipping tensors whose shape differs (e.g. a 1000-class head)."""
+    state = read_torch_file(path, "PyTorch weights file")
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}

@@ -12,6 +12,7 @@ from covidlens import atomic
 from covidlens.config import Recipe
 from covidlens.errors import CovidlensError
 from covidlens.models import create_model
+from covidlens.models.registry import read_torch_file
 
 FORMAT = "covidlens-checkpoint-1"
 
@@ -32,13 +33,7 @@ def save_checkpoint(
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, Recipe, list[str]]:
     """Rebuild the model of a checkpoint, in eval mode, with its recipe and classes."""
-    path = Path(path)
-    if not path.is_file():
-        raise CovidlensError(f"{path}: checkpoint not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a damaged file
-        raise CovidlensError(f"{path}: not a readable covidlens checkpoint ({type(exc).__name__})") from None
+    payload = read_torch_file(path, "covidlens checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CovidlensError(f"{path}: not a covidlens checkpoint (no {FORMAT!r} marker)")
     recipe = Recipe.model_validate(payload["recipe"])

@@ -225,6 +225,27 @@ def collect_class_folders(dataset_root: Path, root: Path,
     return candidates, skipped
 
 
+def has_exactly_class_folders(path: Path, labels: dict[str, str]) -> bool:
+    """True when the folder (or its only sub-folder) holds exactly the class folders of `labels`."""
+    return class_folder_names(unwrap_enclosing_folder(path)) == set(labels)
+
+
+def index_named_class_folders(
+    path: Path, options: IndexOptions, layout: str, labels: dict[str, str], patient_source: str
+) -> IndexResult:
+    """Index a layout of fixed class folders (folder name, any case -> label) below `path`."""
+    root = unwrap_enclosing_folder(path)
+    class_dirs = match_class_folders(root, labels)
+    missing = [label for label in labels.values() if label not in class_dirs]
+    if missing:
+        raise CovidlensError(
+            f"{root}: class folder(s) {', '.join(missing)} not found; the {layout} layout needs "
+            f"{', '.join(labels.values())} (any letter case)"
+        )
+    candidates, skipped = collect_class_folders(path, root, class_dirs)
+    return build_result(path, candidates, layout, options, skipped, patient_source=patient_source)
+
+
 def images_outside(root: Path, class_dirs: Iterable[Path], dataset_root: Path) -> list[tuple[str, str]]:
     """Skipped-list entries for images under `root` that lie in none of `class_dirs` (not indexed)."""
     inside = set(class_dirs)
