@@ -1,6 +1,6 @@
 """Training images/s with the decode-once cache and without it, measured in one run.
 
-    .venv/bin/python benchmarks/bench_cache.py [--patients 12] [--size 128] [--epochs 2]
+    .venv/bin/python benchmarks/bench_cache.py [--patients 20] [--size 64] [--epochs 2]
 
 Synthesises 512x512 CT slices, then trains the demo model for a few epochs twice on the same
 images: once reading from the cache (decoded and resized once), once decoding every image
@@ -38,8 +38,8 @@ def images_per_second(source, labels, recipe, epochs: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--patients", type=int, default=12)
-    parser.add_argument("--size", type=int, default=128, help="model input size in pixels")
+    parser.add_argument("--patients", type=int, default=20)
+    parser.add_argument("--size", type=int, default=64, help="model input size in pixels (the demo's)")
     parser.add_argument("--epochs", type=int, default=2)
     args = parser.parse_args()
     recipe = load_recipe("demo", [f"data.image_size={args.size}"])
