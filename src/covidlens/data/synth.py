@@ -20,6 +20,7 @@ import pandas as pd
 
 from covidlens import __version__
 from covidlens.atomic import write_json
+from covidlens.data.preprocess import window_hu
 from covidlens.errors import CovidlensError
 from covidlens.registry import Registry
 
@@ -719,9 +720,7 @@ def simulate_acquisition(hu: np.ndarray, rng: np.random.Generator, noise_hu: flo
 
 def lung_window(hu: np.ndarray, level: float = LUNG_WINDOW[0], width: float = LUNG_WINDOW[1]) -> np.ndarray:
     """Map HU through a display window to 0..255 uint8."""
-    low = level - width / 2
-    scaled = (hu - np.float32(low)) * np.float32(255.0 / width)
-    return np.rint(np.clip(scaled, 0.0, 255.0)).astype(np.uint8)
+    return np.rint(window_hu(hu, level, width) * np.float32(255.0)).astype(np.uint8)
 
 
 def slice_heights(rng: np.random.Generator, count: int) -> np.ndarray:
