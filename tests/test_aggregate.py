@@ -286,3 +286,26 @@ def test_rich_table_renders_classes_metrics_and_the_ci_method() -> None:
         sensitivity = format_mean_ci(summary["per_class"][cls]["sensitivity"])
         row = next(line for line in text.splitlines() if cls in line)
         assert sensitivity in row
+
+
+def test_a_fold_without_a_class_leaves_that_class_out_instead_of_counting_zero():
+    rows = [
+        ("s1", 0, "a", 0.9),  # fold 0: both classes, all right
+        ("s2", 0, "b", 0.1),
+        ("s3", 1, "a", 0.8),  # fold 1: only class a, so sensitivity of b is undefined there
+        ("s4", 1, "a", 0.7),
+    ]
+    table = pd.DataFrame(rows, columns=["sample_id", "fold", "y_true", "p_a"]).assign(round=0, model="m")
+    table["p_b"] = 1 - table["p_a"]
+    summary = summarize_cv(table, ["a", "b"], unit="fold")
+    sensitivity_b = summary["per_class"]["b"]["sensitivity"]
+    assert sensitivity_b["mean"] == 1.0 and sensitivity_b["n"] == 1
+    assert summary["per_class"]["a"]["sensitivity"]["n"] == 2
+    assert math.isnan(summary["units"][1]["per_class"]["b"]["sensitivity"])
+
+
+def test_undefined_values_are_written_as_null(tmp_path):
+    from covidlens import atomic
+
+    path = atomic.write_json(tmp_path / "m.json", {"x": float("nan"), "y": [1.0, float("inf")]})
+    assert json.loads(path.read_text()) == {"x": None, "y": [1.0, None]}

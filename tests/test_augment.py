@@ -12,8 +12,10 @@ def test_disabled_augmentation_is_identity():
 def test_parameters_stay_in_their_ranges():
     config = AugmentConfig(rotation=(0, 360), zoom=(0.85, 1.15), width_shift=0.15, height_shift=0.15)
     theta = random_affine_matrices(config, 2000, torch.Generator().manual_seed(0))
-    scale = torch.linalg.det(theta[:, :, :2]).abs().sqrt()  # 1 / zoom with no shear
-    assert scale.min() >= 1 / 1.15 - 1e-5 and scale.max() <= 1 / 0.85 + 1e-5
+    area = torch.linalg.det(theta[:, :, :2]).abs()  # zoom_x * zoom_y with no shear
+    assert area.min() >= 0.85**2 - 1e-5 and area.max() <= 1.15**2 + 1e-5
+    column_norms = theta[:, :, :2].norm(dim=1)  # each zoom factor alone (rotation keeps lengths)
+    assert not torch.allclose(column_norms[:, 0], column_norms[:, 1])
     shifts = theta[:, :, 2] / 2
     assert shifts.abs().max() <= 0.15 + 1e-6 and shifts.abs().max() > 0.14
 

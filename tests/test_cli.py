@@ -104,3 +104,8 @@ def test_help_explains_each_command():
     for command in ("synth", "index", "cv", "predict", "report", "demo", "models", "recipes", "layouts"):
         assert command in result.stdout
     assert "--patient-regex" in covidlens("index", "--help").stdout
+
+
+def test_operating_system_errors_are_one_line(tiny_ct, tmp_path):
+    (tmp_path / "a_folder").mkdir()
+    assert_one_line_error(covidlens("index", tiny_ct, "-o", tmp_path / "a_folder"), "a_folder")

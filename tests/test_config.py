@@ -58,3 +58,8 @@ def test_override_cannot_descend_into_a_value():
         apply_overrides({"train": {"epochs": 3}}, ["train.epochs.x=1"])
     with pytest.raises(CovidlensError, match="unknown recipe key"):
         validate_recipe({"trian": {}}, "test")
+
+
+def test_zoom_range_must_be_positive():
+    with pytest.raises(CovidlensError, match="zoom"):
+        load_recipe("demo", ["train.augment.zoom=[0, 1.1]"])

@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -149,3 +150,32 @@ def test_image_wise_run_is_flagged_in_the_report(tiny_ct, tmp_path):
     summary = run_cv(recipe, tiny_ct, tmp_path / "run", options=image_wise, show_progress=False)
     assert summary["image_wise"] is True
     assert "IMAGE-WISE" in write_report(tmp_path / "run").read_text()
+
+
+def test_a_failed_start_leaves_nothing_that_blocks_the_corrected_command(tiny_ct, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(CovidlensError, match="no such file"):
+        run_cv(fast_recipe(), tmp_path / "nowhere", out, show_progress=False)
+    with pytest.raises(CovidlensError, match="fewer patients than folds"):
+        run_cv(fast_recipe("cv.folds=7"), tiny_ct, out, show_progress=False)
+    assert not (out / "config.yaml").exists()
+    summary = run_cv(fast_recipe("train.epochs=1"), tiny_ct, out, show_progress=False)
+    assert summary["n_units"] == 3
+
+
+def test_a_model_that_cannot_take_the_input_size_fails_before_any_file(tiny_ct, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(CovidlensError, match="vit_tiny_patch16_224.*224 px"):
+        run_cv(fast_recipe("model.name=vit_tiny_patch16_224"), tiny_ct, out, show_progress=False)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_resuming_after_an_image_vanished_is_a_clear_error(tiny_ct, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_ct, data)
+    out = tmp_path / "run"
+    run_cv(fast_recipe("train.epochs=1"), data, out, show_progress=False)
+    shutil.rmtree(out / "folds" / "r00-f2")  # as if the run had stopped before its last fold
+    next(data.rglob("slice_000.png")).unlink()
+    with pytest.raises(CovidlensError, match="slice_000.png.*re-index"):
+        run_cv(fast_recipe("train.epochs=1"), data, out, show_progress=False)

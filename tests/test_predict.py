@@ -40,6 +40,8 @@ def test_run_directory_averages_its_fold_models(run_dir, tiny_ct):
     expected = np.mean([s[columns].to_numpy() for s in singles], axis=0)
     np.testing.assert_allclose(table[columns].to_numpy(), expected, atol=1e-6)
     np.testing.assert_allclose(table[columns].sum(axis=1), 1.0, atol=1e-5)
+    chunked = predict_files(run_dir, files, device="cpu", chunk=4)  # decoded a few files at a time
+    np.testing.assert_allclose(chunked[columns].to_numpy(), table[columns].to_numpy(), atol=1e-6)
 
 
 def test_checkpoint_carries_recipe_and_classes(run_dir):

@@ -44,8 +44,8 @@ def test_every_class_in_every_test_fold_and_validation_share():
 
 def test_rounds_differ_and_seed_is_deterministic():
     manifest = tempting_manifest()
-    a = patient_wise_folds(manifest, folds=5, rounds=2, seed=3)
-    b = patient_wise_folds(manifest, folds=5, rounds=2, seed=3)
+    a = patient_wise_folds(manifest, folds=5, rounds=2, seed=3, val_fraction=0.15)
+    b = patient_wise_folds(manifest, folds=5, rounds=2, seed=3, val_fraction=0.15)
     pd.testing.assert_frame_equal(a, b)
     first, second = (a[a["round"] == r].set_index(["fold", "sample_id"])["role"] for r in (0, 1))
     assert not first.reset_index(drop=True).equals(second.reset_index(drop=True))
@@ -54,12 +54,12 @@ def test_rounds_differ_and_seed_is_deterministic():
 def test_too_few_patients_for_folds():
     manifest = tempting_manifest()
     with pytest.raises(CovidlensError, match="fewer patients than folds"):
-        patient_wise_folds(manifest, folds=7)
+        patient_wise_folds(manifest, folds=7, rounds=1, seed=0, val_fraction=0.15)
 
 
 def test_leak_is_detected():
     manifest = tempting_manifest()
-    folds = patient_wise_folds(manifest, folds=5)
+    folds = patient_wise_folds(manifest, folds=5, rounds=1, seed=0, val_fraction=0.15)
     leaked = folds.copy()
     first = manifest["sample_id"].iloc[0]
     row = (leaked.sample_id == first) & (leaked.fold == 0)
@@ -87,3 +87,31 @@ def test_fixed_split_lists():
     manifest.loc[1, "split"] = "test"
     with pytest.raises(CovidlensError, match="split leaks"):
         folds_from_split_column(manifest)
+
+
+def test_a_class_with_one_training_patient_keeps_it_for_training():
+    rows = [{"sample_id": f"{p}/{s}", "label": "A", "patient_id": p} for p in "abcdefgh" for s in range(3)]
+    rows += [{"sample_id": f"{p}/{s}", "label": "B", "patient_id": p} for p in "xy" for s in range(3)]
+    manifest = pd.DataFrame(rows)
+    for seed in range(5):
+        folds = patient_wise_folds(manifest, folds=2, rounds=1, seed=seed, val_fraction=0.3).merge(manifest)
+        for _, fold in folds.groupby("fold"):
+            assert set(fold.loc[fold.role == "train", "label"]) == {"A", "B"}
+            assert (fold.role == "val").any()
+
+
+def test_fixed_split_needs_every_role():
+    manifest = pd.DataFrame(
+        {"sample_id": ["a", "b"], "label": ["x", "y"], "patient_id": ["p1", "p2"], "split": ["train", "test"]}
+    )
+    with pytest.raises(CovidlensError, match="no val images"):
+        folds_from_split_column(manifest)
+
+
+def test_nearby_seeds_share_no_round():
+    manifest = tempting_manifest()
+    a = patient_wise_folds(manifest, folds=5, rounds=2, seed=0, val_fraction=0.15)
+    b = patient_wise_folds(manifest, folds=5, rounds=2, seed=1, val_fraction=0.15)
+    tests_a = a[(a["round"] == 1) & (a.role == "test")].sort_values("sample_id")["fold"].to_numpy()
+    tests_b = b[(b["round"] == 0) & (b.role == "test")].sort_values("sample_id")["fold"].to_numpy()
+    assert not np.array_equal(tests_a, tests_b)

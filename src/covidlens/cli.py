@@ -10,6 +10,7 @@ from typing import Annotated
 import click
 import typer
 
+from covidlens.data.synth import DEFAULT_SLICES
 from covidlens.errors import CovidlensError
 from covidlens.progress import console
 
@@ -32,8 +33,8 @@ def synth(
     seed: Annotated[int, typer.Option(help="random seed; the same seed gives byte-identical files")] = 0,
     difficulty: Annotated[float, typer.Option(help="0 = obvious findings, 1 = very subtle")] = 0.5,
     size: Annotated[int, typer.Option(help="slice side in pixels")] = 512,
-    min_slices: Annotated[int, typer.Option(help="fewest slices per patient")] = 10,
-    max_slices: Annotated[int, typer.Option(help="most slices per patient")] = 30,
+    min_slices: Annotated[int, typer.Option(help="fewest slices per patient")] = DEFAULT_SLICES[0],
+    max_slices: Annotated[int, typer.Option(help="most slices per patient")] = DEFAULT_SLICES[1],
 ) -> None:
     """Write synthetic chest CT in paper 000's layout (class / patient / slice PNGs + lesion masks)."""
     from covidlens.data.synth import synthesize
@@ -204,6 +205,10 @@ def main() -> None:
         app(standalone_mode=False)
     except CovidlensError as exc:
         console.print(f"[red]error:[/] {exc}", soft_wrap=True, markup=True, highlight=False)
+        sys.exit(2)
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        console.print(f"[red]error:[/] {where}{exc.strerror or exc}", soft_wrap=True, highlight=False)
         sys.exit(2)
     except click.exceptions.ClickException as exc:
         exc.show()

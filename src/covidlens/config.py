@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from covidlens.errors import CovidlensError
 
@@ -37,15 +37,15 @@ class ModelConfig(Section):
 
 class OptimizerConfig(Section):
     name: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = Field(1e-4, gt=0)
+    lr: float = Field(1e-3, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
 
 
 class SchedulerConfig(Section):
     name: Literal["none", "plateau", "step"] = "none"
-    factor: float = Field(0.5, gt=0, le=1)
-    patience: int = Field(3, ge=0)
+    factor: float = Field(0.1, gt=0, le=1)
+    patience: int = Field(10, ge=0)
     min_delta: float = Field(1e-4, ge=0)
     step_size: int = Field(10, ge=1)
     monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
@@ -55,12 +55,19 @@ class AugmentConfig(Section):
     """Random affine augmentation of training images (Keras ImageDataGenerator semantics)."""
 
     rotation: tuple[float, float] = Field((0.0, 0.0), description="rotation range, degrees")
-    zoom: tuple[float, float] = Field((1.0, 1.0), description="scale range; 1 = no zoom")
+    zoom: tuple[float, float] = Field((1.0, 1.0), description="zoom range (Keras: > 1 zooms out); 1 = none")
     width_shift: float = Field(0.0, ge=0, lt=1, description="max horizontal shift, fraction of width")
     height_shift: float = Field(0.0, ge=0, lt=1, description="max vertical shift, fraction of height")
     shear: float = Field(0.0, ge=0, lt=1, description="max shear factor (tan of the shear angle)")
     hflip: bool = False
     vflip: bool = False
+
+    @field_validator("zoom")
+    @classmethod
+    def _positive_zoom(cls, zoom: tuple[float, float]) -> tuple[float, float]:
+        if min(zoom) <= 0 or zoom[0] > zoom[1]:
+            raise ValueError("zoom must be a range [low, high] with 0 < low <= high")
+        return zoom
 
     @property
     def enabled(self) -> bool:
@@ -69,7 +76,7 @@ class AugmentConfig(Section):
 
 
 class TrainConfig(Section):
-    epochs: int = Field(25, ge=1)
+    epochs: int = Field(10, ge=1)
     batch_size: int = Field(32, ge=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     optimizer: OptimizerConfig = OptimizerConfig()
@@ -90,7 +97,7 @@ class CVConfig(Section):
     )
     folds: int = Field(5, ge=2)
     rounds: int = Field(1, ge=1)
-    val_fraction: float = Field(0.15, gt=0, lt=1)
+    val_fraction: float = Field(0.2, gt=0, lt=1)
     seed: int = 0
 
 

@@ -15,7 +15,8 @@ def _uniform(low: float, high: float, n: int, generator: torch.Generator) -> tor
 def random_affine_matrices(config: AugmentConfig, n: int, generator: torch.Generator) -> torch.Tensor:
     """Draw n affine matrices (n, 2, 3) in the normalised [-1, 1] grid coordinates of grid_sample."""
     angle = torch.deg2rad(_uniform(*config.rotation, n, generator))
-    zoom = _uniform(*config.zoom, n, generator)
+    zoom_x = _uniform(*config.zoom, n, generator)
+    zoom_y = _uniform(*config.zoom, n, generator)
     shear = _uniform(-config.shear, config.shear, n, generator)
     shift_x = _uniform(-config.width_shift, config.width_shift, n, generator) * 2.0
     shift_y = _uniform(-config.height_shift, config.height_shift, n, generator) * 2.0
@@ -31,8 +32,9 @@ def random_affine_matrices(config: AugmentConfig, n: int, generator: torch.Gener
     shearing[:, 0, 0] = 1.0
     shearing[:, 0, 1] = shear
     shearing[:, 1, 1] = 1.0
-    # grid_sample maps output to input coordinates, so zooming in (zoom > 1) samples a smaller area.
-    scaling = torch.diag_embed(torch.stack([flip_x / zoom, flip_y / zoom], -1))
+    # As in Keras, the zoom factors scale output to input coordinates: > 1 samples a larger area (zooms
+    # out), and width and height are drawn independently.
+    scaling = torch.diag_embed(torch.stack([flip_x * zoom_x, flip_y * zoom_y], -1))
     linear = rotation @ shearing @ scaling
     return torch.cat([linear, torch.stack([shift_x, shift_y], -1)[:, :, None]], dim=2)
 

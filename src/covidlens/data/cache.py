@@ -13,6 +13,7 @@ import numpy as np
 
 from covidlens import atomic
 from covidlens.data.preprocess import load_gray_uint8
+from covidlens.errors import CovidlensError
 
 
 class ImageSource(Protocol):
@@ -57,7 +58,10 @@ def cache_key(paths: Sequence[str], size: int, window: tuple[float, float] | Non
     """A key that changes when any file, its size or time, or the preprocessing changes."""
     digest = hashlib.sha1(json.dumps({"size": size, "window": window}).encode())
     for path in paths:
-        stat = os.stat(path)
+        try:
+            stat = os.stat(path)
+        except OSError:
+            raise CovidlensError(f"{path}: image named in the manifest is gone; restore it or re-index") from None
         digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
 
@@ -69,7 +73,7 @@ def build_cache(
     window: tuple[float, float] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> CachedImages:
-    """Decode every image once into `folder/<key>.npy`, or reuse the file if it is already there."""
+    """Decode every image once into `folder/images-<key>-<size>px.npy`, or reuse that file if it exists."""
     target = Path(folder) / f"images-{cache_key(paths, size, window)}-{size}px.npy"
     if not target.is_file():
         decoder = DecodedImages(paths, size, window)

@@ -25,6 +25,7 @@ MANIFEST_COLUMNS = [
 #   mask_path        a lesion mask for the image (synthetic data), used by explanation checks
 OPTIONAL_COLUMNS = ["patient_id_from", "split", "mask_path"]
 IMAGE_WISE = "none"
+MASK_SUFFIX = ".mask.png"  # a lesion mask beside its image: slice_007.png -> slice_007.mask.png
 
 
 def make_manifest(rows: list[dict]) -> pd.DataFrame:

@@ -21,9 +21,10 @@ def window_hu(values: np.ndarray, level: float, width: float) -> np.ndarray:
 def to_unit_range(image: np.ndarray, window: tuple[float, float] | None = None) -> np.ndarray:
     """Scale an 8-bit, 16-bit or float image to float32 in [0, 1].
 
-    8-bit images are divided by 255. Images of more than 8 bits (16-bit TIFF/PNG, HU arrays) are
-    windowed when a (level, width) window is given, else stretched between their own min and max,
-    so that 16-bit data is never truncated to its low byte.
+    With a (level, width) window, the stored values are windowed whatever their bit depth (use it
+    for HU arrays and raw 16-bit scans). Without one, 8-bit images are divided by 255 and deeper
+    images are stretched between their own min and max, so 16-bit data is never truncated to its low
+    byte; that stretch is per image, so give a window where intensities must compare across slices.
     """
     if window is not None:
         return window_hu(image, *window)

@@ -19,34 +19,43 @@ def patient_table(manifest: pd.DataFrame) -> pd.DataFrame:
 
 def _check_enough_patients(patients: pd.DataFrame, folds: int) -> None:
     counts = patients["label"].value_counts()
-    if len(patients) < folds:
-        raise CovidlensError(f"{len(patients)} patients cannot fill {folds} folds; use fewer folds (--folds)")
     if (counts < folds).any():
         small = ", ".join(f"{label} ({n})" for label, n in counts[counts < folds].items())
-        raise CovidlensError(
-            f"classes with fewer patients than folds: {small}; use --folds {int(counts.min())} or more data"
-        )
+        advice = f"use --folds {int(counts.min())} or more data" if counts.min() >= 2 else "add patients"
+        raise CovidlensError(f"classes with fewer patients than folds: {small}; {advice}")
 
 
 def _validation_patients(patients: pd.DataFrame, fraction: float, seed: int) -> set[str]:
-    """Pick a class-stratified share of patients for validation (unstratified if a class is too small)."""
-    counts = patients["label"].value_counts()
+    """Pick a class-stratified share of patients for validation, leaving every class a training patient.
+
+    A class with a single training patient keeps it for training; stratification is dropped when a
+    class is too small for it.
+    """
     n_val = max(1, int(round(fraction * len(patients))))
-    if n_val >= len(patients):
-        raise CovidlensError(f"only {len(patients)} training patients: too few for a validation split")
-    can_stratify = counts.min() >= 2 and len(counts) <= n_val <= len(patients) - len(counts)
-    stratify = patients["label"] if can_stratify else None
-    _, val = train_test_split(patients, test_size=n_val, random_state=seed, stratify=stratify)
+    counts = patients["label"].value_counts()
+    pool = patients[patients["label"].map(counts) >= 2]
+    n_val = min(n_val, len(pool) - pool["label"].nunique())
+    if n_val < 1:
+        raise CovidlensError(f"only {len(patients)} training patients: too few for a validation split; add patients")
+    pool_counts = pool["label"].value_counts()
+    can_stratify = len(pool_counts) <= n_val <= len(pool) - len(pool_counts)
+    stratify = pool["label"] if can_stratify else None
+    _, val = train_test_split(pool, test_size=n_val, random_state=seed, stratify=stratify)
     return set(val["patient_id"])
 
 
+def _seed(*parts: int) -> int:
+    """An independent 32-bit seed for each tuple of integers (runs with nearby seeds share no rounds)."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
 def patient_wise_folds(
-    manifest: pd.DataFrame, folds: int, rounds: int = 1, seed: int = 0, val_fraction: float = 0.15
+    manifest: pd.DataFrame, folds: int, rounds: int, seed: int, val_fraction: float
 ) -> pd.DataFrame:
     """Repeated stratified group k-fold on patients, each training part split again by patient.
 
-    Round r shuffles with seed + r. Every sample is in the test role exactly once per round, and
-    the train / val / test roles of one fold never share a patient.
+    Each round shuffles with its own seed drawn from (seed, round). Every sample is in the test
+    role exactly once per round, and the train / val / test roles of one fold never share a patient.
     """
     patients = patient_table(manifest)
     _check_enough_patients(patients, folds)
@@ -54,14 +63,12 @@ def patient_wise_folds(
     groups = manifest["patient_id"].to_numpy()
     rows = []
     for round_index in range(rounds):
-        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed + round_index)
+        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=_seed(seed, round_index))
         for fold, (train_idx, test_idx) in enumerate(
             splitter.split(np.zeros(len(manifest)), label_of_sample, groups)
         ):
             train_patients = patients[patients["patient_id"].isin(set(groups[train_idx]))]
-            val_patients = _validation_patients(
-                train_patients, val_fraction, seed + 7919 * round_index + fold
-            )
+            val_patients = _validation_patients(train_patients, val_fraction, _seed(seed, round_index, fold))
             role = np.full(len(manifest), "", dtype=object)
             role[train_idx] = "train"
             role[test_idx] = "test"
@@ -84,6 +91,11 @@ def folds_from_split_column(manifest: pd.DataFrame) -> pd.DataFrame:
     unknown = sorted(set(split) - set(ROLES) - {""})
     if unknown:
         raise CovidlensError(f"unknown split name(s) {unknown}; expected train, val or test")
+    absent = [role for role in ROLES if not (split == role).any()]
+    if absent:
+        raise CovidlensError(
+            f"the fixed split lists have no {' or '.join(absent)} images; a fixed split needs train, val and test"
+        )
     kept = split != ""
     table = pd.DataFrame(
         {"sample_id": manifest.loc[kept, "sample_id"], "round": 0, "fold": 0, "role": split[kept]}

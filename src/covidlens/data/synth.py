@@ -20,9 +20,12 @@ import pandas as pd
 
 from covidlens import __version__
 from covidlens.atomic import write_json
+from covidlens.data.manifest import MASK_SUFFIX
 from covidlens.data.preprocess import window_hu
 from covidlens.errors import CovidlensError
 from covidlens.registry import Registry
+
+DEFAULT_SLICES = (10, 30)  # slices per patient, like the 15-27 per patient of paper 000's data
 
 SynthGenerator = Callable[..., pd.DataFrame]
 ProgressFn = Callable[[int, int], object]
@@ -33,7 +36,6 @@ CLASS_NAMES = ("COVID", "Healthy", "Others")
 # Paper 000's "A COVID multiclass dataset of CT scans": 80 COVID, 50 healthy, 80 other-pneumonia patients.
 CLASS_SHARES = {"COVID": 80, "Healthy": 50, "Others": 80}
 ROW_COLUMNS = ["path", "label", "patient_id", "slice_index", "mask_path"]
-MASK_SUFFIX = ".mask.png"
 
 HU_AIR = -1000.0
 HU_FAT = -100.0
@@ -786,7 +788,7 @@ def synth_ct_slices(
     seed: int = 0,
     difficulty: float = 0.5,
     size: int = 512,
-    slices: tuple[int, int] = (10, 30),
+    slices: tuple[int, int] = DEFAULT_SLICES,
     progress: ProgressFn | None = None,
 ) -> pd.DataFrame:
     """Write 2D CT slices as OUT/<class>/<patient>/slice_NNN.png, with lesion masks beside lesioned slices."""

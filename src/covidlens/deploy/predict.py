@@ -7,7 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
+from torch import nn
 
+from covidlens.config import Recipe
 from covidlens.data.adapters.common import check_image, list_images
 from covidlens.data.cache import CachedImages, DecodedImages
 from covidlens.errors import CovidlensError
@@ -53,34 +56,41 @@ def collect_inputs(paths: Sequence[str | Path]) -> tuple[list[Path], list[tuple[
     return usable, skipped
 
 
-def predict_files(
-    model_path: str | Path, files: Sequence[Path], device: str = "auto", batch_size: int = 32
-) -> pd.DataFrame:
-    """Class probabilities for each file: one row per file with `predicted` and `p_<class>` columns."""
-    torch_device = select_device(device)
-    total, classes = None, None
-    decoded: dict[tuple, CachedImages] = {}  # fold models share preprocessing: decode once
-    checkpoints = checkpoints_of(model_path)
-    for checkpoint in checkpoints:
+def load_models(model_path: str | Path, device: torch.device) -> tuple[list[tuple[nn.Module, Recipe]], list[str]]:
+    """The models of a checkpoint or run directory on `device`, with their recipes and shared classes."""
+    models, classes = [], None
+    for checkpoint in checkpoints_of(model_path):
         model, recipe, model_classes = load_checkpoint(checkpoint)
         if classes is not None and model_classes != classes:
             raise CovidlensError(f"{checkpoint}: classes {model_classes} differ from the run's other models")
         classes = model_classes
-        key = (recipe.data.image_size, recipe.data.window)
-        if key not in decoded:
-            decoder = DecodedImages([str(f) for f in files], *key)
-            decoded[key] = CachedImages(decoder.get(range(len(files))))
-        source = decoded[key]
-        probs = predict_proba(
-            model.to(torch_device),
-            source,
-            np.arange(len(files)),
-            batch_size,
-            recipe.data.channels,
-            torch_device,
-        )
-        total = probs if total is None else total + probs
-    mean = total / len(checkpoints)
+        models.append((model.to(device), recipe))
+    return models, classes
+
+
+def predict_files(
+    model_path: str | Path, files: Sequence[Path], device: str = "auto", batch_size: int = 32, chunk: int = 512
+) -> pd.DataFrame:
+    """Class probabilities for each file (the mean over the models): `path, predicted, p_<class>...`.
+
+    Files are decoded `chunk` at a time, once per preprocessing the models share, so memory stays
+    bounded however many files there are.
+    """
+    torch_device = select_device(device)
+    models, classes = load_models(model_path, torch_device)
+    parts = []
+    for start in range(0, len(files), chunk):
+        names = [str(f) for f in files[start : start + chunk]]
+        decoded: dict[tuple, CachedImages] = {}
+        total = np.zeros((len(names), len(classes)))
+        for model, recipe in models:
+            key = (recipe.data.image_size, recipe.data.window)
+            if key not in decoded:
+                decoded[key] = CachedImages(DecodedImages(names, *key).get(range(len(names))))
+            rows = np.arange(len(names))
+            total += predict_proba(model, decoded[key], rows, batch_size, recipe.data.channels, torch_device)
+        parts.append(total / len(models))
+    mean = np.concatenate(parts)
     table = pd.DataFrame({"path": [str(f) for f in files], "predicted": [classes[i] for i in mean.argmax(1)]})
     for i, name in enumerate(classes):
         table[f"p_{name}"] = mean[:, i]

@@ -25,6 +25,10 @@ from covidlens.evaluate.metrics import (
 from covidlens.evaluate.stats import check_confidence, mean_ci
 
 UNITS: tuple[str, ...] = ("fold", "round")
+IMAGE_WISE_WARNING = (
+    " IMAGE-WISE run: the data had no patient ids, so one patient's images may sit on both sides of a"
+    " split and these metrics may be optimistic."
+)
 METRIC_HEADERS: dict[str, str] = {
     "accuracy": "Accuracy",
     "sensitivity": "Sensitivity",
@@ -109,6 +113,7 @@ def summary_caption(summary: dict) -> str:
         f"Overall accuracy {format_mean_ci(overall['accuracy'])}; "
         f"macro-AUROC {format_mean_ci(overall['macro_auroc'])}. "
         f"Values are {summary['ci_method']}."
+        + (IMAGE_WISE_WARNING if summary.get("image_wise") else "")
     )
 
 
@@ -145,7 +150,8 @@ def format_summary_lines(summary: dict) -> list[str]:
 
 
 def _unit_record(key: dict, frame: pd.DataFrame, classes: list[str]) -> dict:
-    result = metrics_from_predictions(frame, classes)
+    # An undefined metric (e.g. sensitivity of a class absent from this fold) is nan, so it is left out.
+    result = metrics_from_predictions(frame, classes, undefined=math.nan)
     return {
         **key,
         "n": result["n"],
@@ -157,8 +163,9 @@ def _unit_record(key: dict, frame: pd.DataFrame, classes: list[str]) -> dict:
 
 
 def _ci_dict(values: list[float], confidence: float) -> dict[str, float | int]:
-    ci = mean_ci(values, confidence)
-    return {"mean": ci.mean, "half_width": ci.half_width, "low": ci.low, "high": ci.high, "n": ci.n}
+    fields = mean_ci(values, confidence).as_dict()
+    del fields["confidence"]  # stated once for the whole summary
+    return fields
 
 
 def _single_model(predictions: pd.DataFrame) -> str | None:
@@ -190,8 +197,9 @@ def _plain(value: object) -> object:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _is_nan(value: float) -> bool:
-    return isinstance(value, float) and math.isnan(value)
+def _is_nan(value: float | None) -> bool:
+    """True for nan, and for None (how metrics.json stores an undefined value)."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _join_cells(cells: list[str], widths: list[int]) -> str:

@@ -77,21 +77,20 @@ def normalize_confusion(cm: np.ndarray) -> np.ndarray:
     return np.divide(cm, totals, out=np.zeros_like(cm), where=totals > 0)
 
 
-def binary_metrics(tp: float, fn: float, tn: float, fp: float) -> dict[str, float]:
+def binary_metrics(tp: float, fn: float, tn: float, fp: float, undefined: float = 0.0) -> dict[str, float]:
     """Accuracy, sensitivity, specificity, precision and F1 from binary counts (Eq. 1-5).
 
-    A metric whose denominator is zero is reported as 0.0, as scikit-learn does with
-    zero_division=0 (e.g. precision of a class that is never predicted).
+    A metric whose denominator is zero is reported as `undefined`: 0.0 by default, as scikit-learn
+    does with zero_division=0 (e.g. precision of a class that is never predicted); cross-validation
+    summaries pass nan so that such a fold is left out of the mean instead of counting as 0.
     """
-    precision = _ratio(tp, tp + fp)
-    sensitivity = _ratio(tp, tp + fn)
     return {
-        "accuracy": _ratio(tp + tn, tp + tn + fp + fn),
-        "sensitivity": sensitivity,
-        "specificity": _ratio(tn, tn + fp),
-        "precision": precision,
+        "accuracy": _ratio(tp + tn, tp + tn + fp + fn, undefined),
+        "sensitivity": _ratio(tp, tp + fn, undefined),
+        "specificity": _ratio(tn, tn + fp, undefined),
+        "precision": _ratio(tp, tp + fp, undefined),
         # 2PR/(P+R) written as 2TP/(2TP+FP+FN): equal whenever P+R > 0, and defined when TP = 0.
-        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn, undefined),
     }
 
 
@@ -105,12 +104,14 @@ def one_vs_rest_counts(cm: np.ndarray, index: int) -> dict[str, int]:
     return {"tp": tp, "fn": fn, "tn": tn, "fp": fp}
 
 
-def per_class_metrics(cm: np.ndarray, classes: Sequence[str]) -> dict[str, dict[str, float]]:
+def per_class_metrics(cm: np.ndarray, classes: Sequence[str], undefined: float = 0.0) -> dict[str, dict[str, float]]:
     """One-vs-rest binary metrics for every class, keyed by class name."""
     cm = np.asarray(cm)
     if cm.shape != (len(classes), len(classes)):
         raise CovidlensError(f"confusion matrix shape {cm.shape} does not match {len(classes)} classes")
-    return {str(name): binary_metrics(**one_vs_rest_counts(cm, i)) for i, name in enumerate(classes)}
+    return {
+        str(name): binary_metrics(**one_vs_rest_counts(cm, i), undefined=undefined) for i, name in enumerate(classes)
+    }
 
 
 def binary_auroc(positive: np.ndarray, scores: np.ndarray) -> float:
@@ -178,7 +179,7 @@ def prediction_arrays(predictions: pd.DataFrame, classes: Sequence[str]) -> tupl
     return y_true, probs
 
 
-def metrics_from_predictions(predictions: pd.DataFrame, classes: Sequence[str]) -> dict:
+def metrics_from_predictions(predictions: pd.DataFrame, classes: Sequence[str], undefined: float = 0.0) -> dict:
     """All metrics of one prediction set: n, accuracy, macro-AUROC, per-class, confusion matrices."""
     y_true, probs = prediction_arrays(predictions, classes)
     if y_true.size == 0:
@@ -189,14 +190,14 @@ def metrics_from_predictions(predictions: pd.DataFrame, classes: Sequence[str]) 
         "n": int(y_true.size),
         "accuracy": float(np.trace(cm) / cm.sum()),
         "macro_auroc": macro_auroc(y_true, probs, len(classes)),
-        "per_class": per_class_metrics(cm, classes),
+        "per_class": per_class_metrics(cm, classes, undefined),
         "confusion_matrix": cm.tolist(),
         "confusion_matrix_normalized": normalize_confusion(cm).tolist(),
     }
 
 
-def _ratio(numerator: float, denominator: float) -> float:
-    return float(numerator / denominator) if denominator else 0.0
+def _ratio(numerator: float, denominator: float, undefined: float = 0.0) -> float:
+    return float(numerator / denominator) if denominator else undefined
 
 
 def _class_indices(values: np.ndarray, n_classes: int, name: str) -> np.ndarray:

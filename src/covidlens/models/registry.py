@@ -76,6 +76,27 @@ def create_model(
     return model
 
 
+def check_model_input(name: str, num_classes: int, in_chans: int, image_size: int) -> None:
+    """Build the model once and feed it a dummy batch, so a size it cannot take fails before any work."""
+    check_model_name(name)
+    model = create_model(name, num_classes=num_classes, in_chans=in_chans).eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, in_chans, image_size, image_size))
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        native = getattr(model, "pretrained_cfg", {}).get("input_size")
+        hint = f" (its native input is {native[-1]} px)" if native else ""
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CovidlensError(
+            f"model {name!r} cannot take {image_size}x{image_size} input with {in_chans} channel(s){hint}: "
+            f"{reason}; set data.image_size to a size it accepts"
+        ) from None
+    if tuple(out.shape) != (2, num_classes):
+        raise CovidlensError(
+            f"model {name!r} gives outputs of shape {tuple(out.shape)}, not (batch, {num_classes})"
+        )
+
+
 def _create_timm(name: str, num_classes: int, in_chans: int, pretrained: bool, drop_rate: float) -> nn.Module:
     try:
         return timm.create_model(

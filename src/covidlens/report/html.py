@@ -14,10 +14,14 @@ import yaml
 from covidlens import atomic
 from covidlens.data.manifest import is_image_wise, read_manifest, summarize
 from covidlens.errors import CovidlensError
-from covidlens.evaluate.aggregate import format_mean_ci, summary_caption, summary_rows
+from covidlens.evaluate.aggregate import (
+    IMAGE_WISE_WARNING,
+    METRIC_HEADERS,
+    format_mean_ci,
+    summary_caption,
+    summary_rows,
+)
 from covidlens.report import figures
-
-METRIC_COLUMNS = ["Class", "Accuracy", "Sensitivity", "Specificity", "Precision", "F1"]
 
 
 def _table(frame: pd.DataFrame) -> str:
@@ -45,7 +49,7 @@ def split_summary(manifest: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
 
 def metrics_table(summary: dict) -> pd.DataFrame:
     """The per-class table: mean ± CI half-width for each metric."""
-    return pd.DataFrame(summary_rows(summary), columns=METRIC_COLUMNS).set_index("Class")
+    return pd.DataFrame(summary_rows(summary), columns=["Class", *METRIC_HEADERS.values()]).set_index("Class")
 
 
 def validation_text(cv: dict) -> str:
@@ -66,19 +70,19 @@ def build_report(run_dir: Path) -> str:
         raise CovidlensError(
             f"{run_dir}: not a finished run (missing {', '.join(missing)}); run 'covidlens cv'"
         )
-    config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+        summary = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise CovidlensError(f"{run_dir}: config.yaml or metrics.json is damaged ({type(exc).__name__})") from None
     manifest = read_manifest(run_dir / "manifest.csv")
     folds = pd.read_csv(run_dir / "folds.csv", dtype={"sample_id": str})
     history = pd.read_csv(run_dir / "history.csv")
-    summary = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     classes = summary["classes"]
     overall = summary["overall"]
     warning = ""
     if is_image_wise(manifest):
-        warning = (
-            '<p class="warn">This run is IMAGE-WISE: the data had no patient ids, so images of one patient '
-            "may sit in both training and test sets, and these metrics may be optimistic.</p>"
-        )
+        warning = f'<p class="warn">{html.escape(IMAGE_WISE_WARNING.strip())}</p>'
     template = (resources.files("covidlens") / "report" / "template.html").read_text(encoding="utf-8")
     fields = {
         "title": html.escape(f"covidlens run: {config['name']} / {config['model']['name']}"),

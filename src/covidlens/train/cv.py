@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +20,13 @@ from covidlens.data.splits import check_folds, folds_from_split_column, patient_
 from covidlens.errors import CovidlensError
 from covidlens.evaluate.aggregate import summarize_cv
 from covidlens.models import create_model
-from covidlens.models.registry import check_model_name
+from covidlens.models.registry import check_model_input, check_model_name
 from covidlens.progress import console, progress_bar
 from covidlens.train.checkpoint import save_checkpoint
-from covidlens.train.trainer import fit, predict_proba, select_device
+from covidlens.train.trainer import FitResult, fit, predict_proba, select_device
+
+# Files a run writes while it is being set up, before config.yaml marks it as started.
+SETUP_FILES = {"run.json", "manifest.csv", "folds.csv"}
 
 
 class RunPaths:
@@ -49,109 +53,172 @@ class RunPaths:
         """Best-epoch checkpoint of one fold."""
         return self.checkpoints / f"r{round_index:02d}-f{fold}.pt"
 
+    def fold_done(self, round_index: int, fold: int) -> bool:
+        """A fold is finished once its predictions are on disk (they are written last)."""
+        return (self.fold_dir(round_index, fold) / "predictions.csv").is_file()
+
+
+@dataclass
+class RunData:
+    """What every fold of a run shares."""
+
+    paths: RunPaths
+    recipe: Recipe
+    manifest: pd.DataFrame
+    folds: pd.DataFrame
+    classes: list[str]
+    device: torch.device
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Class index of every manifest row."""
+        return self.manifest["label"].map({c: i for i, c in enumerate(self.classes)}).to_numpy(np.int64)
+
+    def rows(self, round_index: int, fold: int, role: str) -> np.ndarray:
+        """Manifest row numbers of one role of one fold."""
+        part = self.folds[(self.folds["round"] == round_index) & (self.folds["fold"] == fold)]
+        row_of = pd.Series(np.arange(len(self.manifest)), index=self.manifest["sample_id"])
+        return row_of[part.loc[part["role"] == role, "sample_id"]].to_numpy()
+
 
 def fold_seed(seed: int, round_index: int, fold: int) -> int:
     """A seed per fold that does not depend on which folds ran before, so resumed runs match."""
-    return seed * 1_000_003 + round_index * 1000 + fold
+    return int(np.random.SeedSequence([seed, round_index, fold]).generate_state(1)[0])
 
 
-def _start_or_resume(paths: RunPaths, recipe: Recipe, data: str) -> bool:
-    """Write config.yaml and run.json for a new run, or check they match a run being resumed."""
-    resolved = recipe_to_yaml(recipe)
-    if paths.config.is_file():
-        if paths.config.read_text(encoding="utf-8") != resolved:
-            raise CovidlensError(
-                f"{paths.root}: holds a run with a different recipe; use another --out, "
-                "or the same recipe and --set values to resume it"
-            )
-        info = json.loads(paths.run_info.read_text(encoding="utf-8"))
-        if info.get("data") != data:
-            raise CovidlensError(f"{paths.root}: was started on data {info.get('data')!r}, not {data!r}")
-        return True
-    if paths.root.exists() and any(paths.root.iterdir()):
-        raise CovidlensError(f"{paths.root}: exists and is not a covidlens run; choose another --out")
-    atomic.write_text(paths.config, resolved)
-    atomic.write_json(paths.run_info, {"data": data, "covidlens": __version__})
-    return False
+def fold_keys(folds: pd.DataFrame) -> list[tuple[int, int]]:
+    """The (round, fold) pairs of a folds table, in order."""
+    pairs = folds[["round", "fold"]].drop_duplicates().sort_values(["round", "fold"])
+    return [(int(r), int(f)) for r, f in pairs.itertuples(index=False)]
 
 
-def _load_manifest(paths: RunPaths, data: str, options: IndexOptions, layout: str | None) -> pd.DataFrame:
-    if paths.manifest.is_file():
-        return read_manifest(paths.manifest)
+def _check_resumable(paths: RunPaths, recipe: Recipe, data: str) -> None:
+    """Refuse to resume a run made with another recipe or other data."""
+    if paths.config.read_text(encoding="utf-8") != recipe_to_yaml(recipe):
+        raise CovidlensError(
+            f"{paths.root}: holds a run with a different recipe; use another --out, "
+            "or the same recipe and --set values to resume it"
+        )
+    try:
+        started_on = json.loads(paths.run_info.read_text(encoding="utf-8")).get("data")
+    except (OSError, json.JSONDecodeError):
+        raise CovidlensError(
+            f"{paths.root}: run.json is missing or damaged; start the run in a new --out"
+        ) from None
+    if started_on != data:
+        raise CovidlensError(f"{paths.root}: was started on data {started_on!r}, not {data!r}")
+
+
+def _check_new_run_folder(paths: RunPaths) -> None:
+    """A new run may go into a missing or empty folder, or one that only holds an unfinished set-up."""
+    if paths.root.exists() and not paths.root.is_dir():
+        raise CovidlensError(f"{paths.root}: is a file; --out must name a folder")
+    if paths.root.is_dir():
+        foreign = {p.name for p in paths.root.iterdir()} - SETUP_FILES
+        if foreign:
+            raise CovidlensError(f"{paths.root}: exists and is not a covidlens run; choose another --out")
+
+
+def _index(data: str, options: IndexOptions, layout: str | None) -> pd.DataFrame:
     result = index_dataset(data, layout=layout, options=options)
     if result.skipped:
         console.print(f"[yellow]skipped {len(result.skipped)} unreadable file(s) while indexing {data}[/]")
-    write_manifest(result.manifest, paths.manifest)
     return result.manifest
 
 
-def _load_folds(paths: RunPaths, manifest: pd.DataFrame, recipe: Recipe) -> pd.DataFrame:
-    if paths.folds.is_file():
-        folds = pd.read_csv(paths.folds, dtype={"sample_id": str})
-        check_folds(folds, manifest)
-        return folds
+def _make_folds(manifest: pd.DataFrame, recipe: Recipe) -> pd.DataFrame:
     cv = recipe.cv
     if cv.split == "fixed":
-        folds = folds_from_split_column(manifest)
-    else:
-        folds = patient_wise_folds(manifest, cv.folds, cv.rounds, cv.seed, cv.val_fraction)
+        return folds_from_split_column(manifest)
+    return patient_wise_folds(manifest, cv.folds, cv.rounds, cv.seed, cv.val_fraction)
+
+
+def _class_list(manifest: pd.DataFrame, recipe: Recipe) -> list[str]:
+    classes = recipe.data.classes or class_names(manifest)
+    unknown = sorted(set(manifest["label"]) - set(classes))
+    if unknown:
+        raise CovidlensError(f"labels {unknown} are not in data.classes {classes}; add them to the recipe")
+    return classes
+
+
+def prepare_run(
+    recipe: Recipe, data: str, out: Path, layout: str | None, options: IndexOptions
+) -> tuple[RunData, bool]:
+    """Resume a run, or check everything a new one needs before its first file is written."""
+    check_model_name(recipe.model.name)
+    paths = RunPaths(out)
+    if paths.config.is_file():
+        _check_resumable(paths, recipe, data)
+        manifest = read_manifest(paths.manifest)
+        folds = pd.read_csv(paths.folds, dtype={"sample_id": str})
+        check_folds(folds, manifest)
+        classes = _class_list(manifest, recipe)
+        return RunData(paths, recipe, manifest, folds, classes, select_device(recipe.train.device)), True
+    _check_new_run_folder(paths)
+    manifest = _index(data, options, layout)
+    classes = _class_list(manifest, recipe)
+    folds = _make_folds(manifest, recipe)
+    device = select_device(recipe.train.device)
+    check_model_input(recipe.model.name, len(classes), recipe.data.channels, recipe.data.image_size)
+    write_manifest(manifest, paths.manifest)
     atomic.write_csv(paths.folds, folds)
-    return folds
+    atomic.write_json(paths.run_info, {"data": data, "covidlens": __version__})
+    atomic.write_text(paths.config, recipe_to_yaml(recipe))  # last: marks the run as started
+    return RunData(paths, recipe, manifest, folds, classes, device), False
 
 
-def image_source(paths: RunPaths, manifest: pd.DataFrame, recipe: Recipe, show: bool) -> ImageSource:
+def image_source(run: RunData, show: bool) -> ImageSource:
     """The run's images, decoded once into the cache unless the recipe turns caching off."""
-    files = manifest["path"].astype(str).tolist()
-    window = recipe.data.window
-    if not recipe.data.cache:
-        return DecodedImages(files, recipe.data.image_size, window)
+    files = run.manifest["path"].astype(str).tolist()
+    data = run.recipe.data
+    if not data.cache:
+        return DecodedImages(files, data.image_size, data.window)
     with progress_bar("decode + resize (once)", len(files), show) as update:
-        return build_cache(files, recipe.data.image_size, paths.cache, window, progress=update)
+        return build_cache(files, data.image_size, run.paths.cache, data.window, progress=update)
 
 
-def _train_fold(paths, recipe, manifest, folds, source, classes, round_index, fold, device, show) -> None:
-    """Train one fold and write its checkpoint, history and test predictions (the last marks it done)."""
-    part = folds[(folds["round"] == round_index) & (folds["fold"] == fold)]
-    row_of = pd.Series(np.arange(len(manifest)), index=manifest["sample_id"])
-    rows = {
-        role: row_of[part.loc[part["role"] == role, "sample_id"]].to_numpy()
-        for role in ("train", "val", "test")
-    }
-    labels = manifest["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(dtype=np.int64)
+def train_fold(
+    run: RunData, source: ImageSource, round_index: int, fold: int, show: bool
+) -> tuple[torch.nn.Module, FitResult]:
+    """Train one fold's model from its seed; it ends holding its best epoch's weights."""
+    recipe = run.recipe
     seed = fold_seed(recipe.cv.seed, round_index, fold)
     torch.manual_seed(seed)
     model = create_model(
         recipe.model.name,
-        num_classes=len(classes),
+        num_classes=len(run.classes),
         in_chans=recipe.data.channels,
         pretrained=recipe.model.pretrained,
         weights=recipe.model.weights,
         drop_rate=recipe.model.drop_rate,
     )
-    label = f"round {round_index + 1} fold {fold + 1}"
-    with progress_bar(f"train {label}", recipe.train.epochs, show) as update:
+    with progress_bar(f"train round {round_index + 1} fold {fold + 1}", recipe.train.epochs, show) as update:
 
         def on_epoch(record: dict) -> None:
-            note = f"loss {record['train_loss']:.3f} val_acc {record['val_accuracy']:.3f}"
-            update(record["epoch"], note=note)
+            update(
+                record["epoch"], note=f"loss {record['train_loss']:.3f} val_acc {record['val_accuracy']:.3f}"
+            )
 
         result = fit(
             model,
             source,
-            labels,
-            rows["train"],
-            rows["val"],
+            run.labels,
+            run.rows(round_index, fold, "train"),
+            run.rows(round_index, fold, "val"),
             recipe.train,
             recipe.data.channels,
             seed,
-            device,
+            run.device,
             on_epoch,
         )
-    fold_dir = paths.fold_dir(round_index, fold)
-    save_checkpoint(paths.checkpoint(round_index, fold), model, recipe, classes, best_epoch=result.best_epoch)
-    atomic.write_csv(fold_dir / "history.csv", result.history.assign(round=round_index, fold=fold))
-    probs = predict_proba(model, source, rows["test"], recipe.train.batch_size, recipe.data.channels, device)
-    test = manifest.iloc[rows["test"]]
+    return model, result
+
+
+def predictions_table(
+    run: RunData, rows: np.ndarray, probs: np.ndarray, round_index: int, fold: int
+) -> pd.DataFrame:
+    """The Predictions table of one fold's test rows."""
+    test = run.manifest.iloc[rows]
     table = pd.DataFrame(
         {
             "sample_id": test["sample_id"].to_numpy(),
@@ -159,13 +226,28 @@ def _train_fold(paths, recipe, manifest, folds, source, classes, round_index, fo
             "scan_id": test["scan_id"].to_numpy(),
             "round": round_index,
             "fold": fold,
-            "model": recipe.model.name,
+            "model": run.recipe.model.name,
             "y_true": test["label"].to_numpy(),
         }
     )
-    for i, name in enumerate(classes):
+    for i, name in enumerate(run.classes):
         table[f"p_{name}"] = probs[:, i]
-    atomic.write_csv(fold_dir / "predictions.csv", table)
+    return table
+
+
+def write_fold(
+    run: RunData, source: ImageSource, model: torch.nn.Module, result: FitResult, key: tuple[int, int]
+) -> None:
+    """Write a fold's checkpoint, history and test predictions; the predictions go last and mark it done."""
+    round_index, fold = key
+    paths, recipe = run.paths, run.recipe
+    save_checkpoint(paths.checkpoint(*key), model, recipe, run.classes, best_epoch=result.best_epoch)
+    atomic.write_csv(
+        paths.fold_dir(*key) / "history.csv", result.history.assign(round=round_index, fold=fold)
+    )
+    rows = run.rows(round_index, fold, "test")
+    probs = predict_proba(model, source, rows, recipe.train.batch_size, recipe.data.channels, run.device)
+    atomic.write_csv(paths.fold_dir(*key) / "predictions.csv", predictions_table(run, rows, probs, *key))
 
 
 def run_cv(
@@ -177,47 +259,31 @@ def run_cv(
     show_progress: bool = True,
 ) -> dict:
     """Run (or resume) patient-wise repeated k-fold CV; return the metrics summary written to metrics.json."""
-    check_model_name(recipe.model.name)  # fail before any indexing or writing
-    paths = RunPaths(Path(out))
     data = str(Path(data).resolve()) if Path(data).exists() else str(data)
-    resumed = _start_or_resume(paths, recipe, data)
+    run, resumed = prepare_run(recipe, data, Path(out), layout, options or IndexOptions())
     if resumed:
-        console.print(f"resuming {paths.root}: finished folds are read from disk")
-    manifest = _load_manifest(paths, data, options or IndexOptions(), layout)
-    classes = recipe.data.classes or class_names(manifest)
-    unknown = sorted(set(manifest["label"]) - set(classes))
-    if unknown:
-        raise CovidlensError(f"labels {unknown} are not in data.classes {classes}; add them to the recipe")
-    folds = _load_folds(paths, manifest, recipe)
+        console.print(f"resuming {run.paths.root}: finished folds are read from disk")
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
-    device = select_device(recipe.train.device)
-    source = image_source(paths, manifest, recipe, show_progress)
-    for round_index, fold in fold_keys(folds):
-        if (paths.fold_dir(round_index, fold) / "predictions.csv").is_file():
-            continue
-        _train_fold(paths, recipe, manifest, folds, source, classes, round_index, fold, device, show_progress)
-    return finish_run(paths, recipe, folds, classes, is_image_wise(manifest))
+    todo = [key for key in fold_keys(run.folds) if not run.paths.fold_done(*key)]
+    if todo:
+        source = image_source(run, show_progress)
+        for key in todo:
+            model, result = train_fold(run, source, *key, show_progress)
+            write_fold(run, source, model, result, key)
+    return finish_run(run)
 
 
-def fold_keys(folds: pd.DataFrame) -> list[tuple[int, int]]:
-    """The (round, fold) pairs of a folds table, in order."""
-    pairs = folds[["round", "fold"]].drop_duplicates().sort_values(["round", "fold"])
-    return [(int(r), int(f)) for r, f in pairs.itertuples(index=False)]
-
-
-def finish_run(
-    paths: RunPaths, recipe: Recipe, folds: pd.DataFrame, classes: list[str], image_wise: bool
-) -> dict:
+def finish_run(run: RunData) -> dict:
     """Gather fold tables into the run's predictions.csv, history.csv and metrics.json."""
-    fold_dirs = [paths.fold_dir(r, f) for r, f in fold_keys(folds)]
+    paths = run.paths
+    fold_dirs = [paths.fold_dir(r, f) for r, f in fold_keys(run.folds)]
     predictions = pd.concat([pd.read_csv(d / "predictions.csv", dtype={"sample_id": str}) for d in fold_dirs])
     history = pd.concat([pd.read_csv(d / "history.csv") for d in fold_dirs])
     atomic.write_csv(paths.predictions, predictions)
     atomic.write_csv(paths.history, history)
-    summary = summarize_cv(
-        predictions, classes, unit=recipe.evaluate.ci_unit, confidence=recipe.evaluate.confidence
-    )
-    summary["image_wise"] = image_wise
+    evaluate = run.recipe.evaluate
+    summary = summarize_cv(predictions, run.classes, unit=evaluate.ci_unit, confidence=evaluate.confidence)
+    summary["image_wise"] = is_image_wise(run.manifest)
     atomic.write_json(paths.metrics, summary)
     return summary

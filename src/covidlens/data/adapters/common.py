@@ -16,12 +16,11 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from covidlens.data.adapters.base import IndexOptions, IndexResult
-from covidlens.data.manifest import IMAGE_WISE, make_manifest
+from covidlens.data.manifest import IMAGE_WISE, MASK_SUFFIX, make_manifest
 from covidlens.errors import CovidlensError
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 # The synthetic generator writes a slice's lesion mask beside it as `<stem>.mask.png`.
-MASK_SUFFIX = ".mask.png"
 IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"BM")
 NO_PATIENTS_HINT = (
     "pass --patient-regex REGEX (its first group, searched in each file's path relative to the data "
