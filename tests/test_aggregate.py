@@ -14,10 +14,12 @@ from sklearn import metrics as skm
 
 from covidlens.errors import CovidlensError
 from covidlens.evaluate.aggregate import (
+    METRIC_HEADERS,
     format_mean_ci,
-    format_summary_lines,
     format_summary_table,
     summarize_cv,
+    summary_caption,
+    summary_rows,
 )
 from covidlens.evaluate.stats import mean_ci
 
@@ -251,13 +253,13 @@ def test_format_mean_ci_uses_four_decimals() -> None:
     assert format_mean_ci({"mean": float("nan"), "half_width": float("nan")}) == "n/a"
 
 
-def test_summary_lines_have_one_row_per_class_in_metric_order() -> None:
-    lines = format_summary_lines(handmade_summary())
-    assert lines[0].split() == ["Class", "Accuracy", "Sensitivity", "Specificity", "Precision", "F1"]
-    covid = [cell.strip() for cell in lines[2].split("  ") if cell.strip()]
-    assert covid == ["COVID"] + ["0.9759 ± 0.0048"] * 5
-    assert lines[3].startswith("Healthy") and lines[3].endswith("0.5000 ± n/a")
-    assert lines[-1] == (
+def test_summary_rows_have_one_row_per_class_in_metric_order() -> None:
+    summary = handmade_summary()
+    rows = summary_rows(summary)
+    assert list(METRIC_HEADERS.values()) == ["Accuracy", "Sensitivity", "Specificity", "Precision", "F1"]
+    assert rows[0] == ["COVID"] + ["0.9759 ± 0.0048"] * 5
+    assert rows[1][0] == "Healthy" and rows[1][-1] == "0.5000 ± n/a"
+    assert summary_caption(summary) == (
         "Overall accuracy 0.9759 ± 0.0048; macro-AUROC 0.9912 ± 0.0023. "
         "Values are mean ± t-based 95% CI half-width over 5 folds."
     )

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import click
 import typer
+from rich.console import Console
 
 from covidlens.data.synth import DEFAULT_SLICES
 from covidlens.errors import CovidlensError
@@ -20,7 +21,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out_console = console.__class__()  # stdout, for tables a user may pipe
+out_console = Console()  # stdout, for tables a user may pipe
 
 
 @app.command()

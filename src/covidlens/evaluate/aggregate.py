@@ -138,17 +138,6 @@ def format_summary_table(summary: dict) -> Table:
     return table
 
 
-def format_summary_lines(summary: dict) -> list[str]:
-    """The same table as plain text lines (header, one line per class, caption)."""
-    header = ["Class", *(METRIC_HEADERS[m] for m in METRICS)]
-    rows = summary_rows(summary)
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = [_join_cells(header, widths), "  ".join("-" * w for w in widths)]
-    lines += [_join_cells(row, widths) for row in rows]
-    lines.append(summary_caption(summary))
-    return lines
-
-
 def _unit_record(key: dict, frame: pd.DataFrame, classes: list[str]) -> dict:
     # An undefined metric (e.g. sensitivity of a class absent from this fold) is nan, so it is left out.
     result = metrics_from_predictions(frame, classes, undefined=math.nan)
@@ -200,9 +189,3 @@ def _plain(value: object) -> object:
 def _is_nan(value: float | None) -> bool:
     """True for nan, and for None (how metrics.json stores an undefined value)."""
     return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def _join_cells(cells: list[str], widths: list[int]) -> str:
-    first = cells[0].ljust(widths[0])
-    rest = [cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True)]
-    return "  ".join([first, *rest])

@@ -78,7 +78,9 @@ def make_optimizer(model: nn.Module, config: OptimizerConfig) -> torch.optim.Opt
     return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, config: SchedulerConfig):
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, config: SchedulerConfig
+) -> torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau | None:
     """Reduce-on-plateau (Keras semantics), step decay, or none."""
     if config.name == "plateau":
         # Keras lowers the rate on the patience-th epoch without improvement; torch one epoch later.
@@ -95,7 +97,18 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: SchedulerConfig):
     return None
 
 
-def _run_epoch(model, source, indices, labels, config, channels, device, loss_fn, optimizer, generator):
+def _run_epoch(
+    model: nn.Module,
+    source: ImageSource,
+    indices: np.ndarray,
+    labels: np.ndarray,
+    config: TrainConfig,
+    channels: int,
+    device: torch.device,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+) -> tuple[float, float]:
     """Train one epoch; return mean loss and accuracy over its samples."""
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
@@ -161,7 +174,16 @@ def predict_proba(
     return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
 
 
-def _evaluate(model, source, indices, labels, batch_size, channels, device, loss_fn) -> tuple[float, float]:
+def _evaluate(
+    model: nn.Module,
+    source: ImageSource,
+    indices: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    channels: int,
+    device: torch.device,
+    loss_fn: nn.Module,
+) -> tuple[float, float]:
     probs = torch.from_numpy(predict_proba(model, source, indices, batch_size, channels, device))
     target = torch.from_numpy(labels[indices])
     loss = float(loss_fn(torch.log(probs.clamp_min(1e-12)), target))
