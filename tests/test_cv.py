@@ -179,3 +179,10 @@ def test_resuming_after_an_image_vanished_is_a_clear_error(tiny_ct, tmp_path):
     next(data.rglob("slice_000.png")).unlink()
     with pytest.raises(CovidlensError, match="slice_000.png.*re-index"):
         run_cv(fast_recipe("train.epochs=1"), data, out, show_progress=False)
+
+
+def test_cv_trains_a_paper_network_by_its_paper_name(tiny_ct, tmp_path):
+    summary = run_cv(fast_recipe("model.name=EfficientNetB0", "train.epochs=1"), tiny_ct, tmp_path / "run",
+                     show_progress=False)
+    assert summary["model"] == "EfficientNetB0" and summary["n_units"] == 3
+    assert len(list((tmp_path / "run" / "checkpoints").glob("*.pt"))) == 3

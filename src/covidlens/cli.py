@@ -21,7 +21,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out_console = Console()  # stdout, for tables a user may pipe
+out_console = Console() if sys.stdout.isatty() else Console(width=160)  # stdout: tables a user may pipe
 
 
 @app.command()
@@ -167,14 +167,41 @@ def predict(
 
 
 @app.command()
-def models() -> None:
-    """List covidlens' own models; any timm model name works in a recipe too."""
-    from covidlens.models import MODELS
+def models(
+    family: Annotated[str | None, typer.Option(help="only this family (e.g. efficientnet, densenet, resnet)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+    classes: Annotated[int, typer.Option(help="output classes the counts are taken with")] = 3,
+    channels: Annotated[int, typer.Option(help="input channels the counts are taken with")] = 3,
+) -> None:
+    """List covidlens' models: family, paper, native input, parameters, fp32 size and GFLOPs.
 
-    for name in MODELS.names():
-        spec = MODELS.get(name)
-        out_console.print(f"{name}  paper {spec.paper}  input {spec.input_size}px  {spec.spatial_dims}D")
-    out_console.print("any timm architecture name also works (e.g. efficientnet_b0, resnet50, densenet121)")
+    Any timm architecture name also works in a recipe (e.g. efficientnet_b0, resnet18).
+    """
+    import json
+
+    from rich.table import Table
+
+    from covidlens.models import MODELS
+    from covidlens.models.describe import model_stats
+
+    names = [n for n in MODELS.names() if family is None or MODELS.get(n).family == family]
+    if not names:
+        families = sorted({MODELS.get(n).family for n in MODELS.names()})
+        raise CovidlensError(f"no model of family {family!r}; families: {', '.join(families)}")
+    rows = [model_stats(name, num_classes=classes, in_chans=channels) for name in names]
+    if as_json:
+        out_console.print_json(json.dumps(rows))
+        return
+    table = Table(title=f"covidlens models ({classes} classes, {channels} input channels)")
+    for header in ("name", "family", "paper", "input px", "params (M)", "fp32 MiB", "GFLOPs"):
+        table.add_column(header, justify="left" if header in ("name", "family") else "right")
+    for row in rows:
+        table.add_row(
+            row["name"], row["family"], row["paper"], str(row["input_size"]), f"{row['parameters_m']:.2f}",
+            f"{row['size_mb']:.1f}", f"{row['gflops']:.2f}",
+        )
+    out_console.print(table)
+    out_console.print("GFLOPs count 2 operations per multiply-add, for one image at the native input size.")
 
 
 @app.command()

@@ -1,4 +1,7 @@
-"""The model registry: covidlens' own architectures by name, and any timm model name as well."""
+"""The model registry: covidlens' own architectures by name, and any timm model name as well.
+
+Importing `covidlens.models` fills it (see `zoo.py` for paper 000's networks).
+"""
 
 from __future__ import annotations
 
@@ -22,10 +25,12 @@ class ModelSpec:
 
     name: str
     build: Callable[..., nn.Module]  # build(num_classes=, in_chans=, pretrained=, drop_rate=)
+    family: str = ""
     paper: str = ""
-    input_size: int = 224
+    input_size: int = 224  # native input side in pixels
     spatial_dims: int = 2
-    cam_layer: str = ""
+    cam_layer: str = ""  # module name of the default CAM target; "" means the last convolution
+    description: str = ""
 
 
 MODELS: Registry[ModelSpec] = Registry("model")
