@@ -28,6 +28,10 @@ def test_local_weights_load_and_skip_a_different_head(tmp_path):
     torch.save(source.state_dict(), path)
     target = create_model("resnet18", num_classes=3, in_chans=3, weights=path)
     assert torch.equal(target.conv1.weight, source.conv1.weight)
+    report = load_weights(create_model("resnet18", num_classes=3), path)
+    assert report.mismatched == ["fc.bias", "fc.weight"] and not report.missing and not report.unexpected
+    assert report.loaded == len(source.state_dict()) - 2
+    assert "2 shape-mismatched (fc.bias, fc.weight)" in report.summary()
     assert target.fc.weight.shape == (3, 512)
     assert count_parameters(target) < count_parameters(source)
 

@@ -32,7 +32,7 @@ class ModelConfig(Section):
     name: str = "resnet18"
     pretrained: bool = False
     weights: str | None = None
-    drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    drop_rate: float | None = Field(None, ge=0.0, lt=1.0, description="classifier dropout; default: the model's own")
 
 
 class OptimizerConfig(Section):

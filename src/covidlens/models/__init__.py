@@ -1,6 +1,6 @@
 """Models: one registry; importing this package registers covidlens' own architectures."""
 
-from covidlens.models import zoo  # noqa: F401  (registers paper 000's networks)
+from covidlens.models import squeezenet, zoo  # noqa: F401  (each module registers its networks)
 from covidlens.models.registry import MODELS, create_model, is_known_model, register_model
 
 __all__ = ["MODELS", "create_model", "is_known_model", "register_model"]

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from covidlens.errors import CovidlensError
+from covidlens.progress import console
 from covidlens.registry import Registry
 
 
@@ -66,7 +67,7 @@ def create_model(
     in_chans: int = 3,
     pretrained: bool = False,
     weights: str | Path | None = None,
-    drop_rate: float = 0.0,
+    drop_rate: float | None = None,
 ) -> nn.Module:
     """Build a registered or timm model with `num_classes` outputs and `in_chans` input channels."""
     check_model_name(name)
@@ -75,9 +76,10 @@ def create_model(
             num_classes=num_classes, in_chans=in_chans, pretrained=pretrained, drop_rate=drop_rate
         )
     else:
-        model = _create_timm(name, num_classes, in_chans, pretrained, drop_rate)
+        model = create_timm(name, num_classes, in_chans, pretrained, drop_rate)
     if weights:
-        load_weights(model, weights)
+        report = load_weights(model, weights)
+        console.print(f"weights {weights}: {report.summary()}", highlight=False)
     return model
 
 
@@ -97,16 +99,14 @@ def check_model_input(name: str, num_classes: int, in_chans: int, image_size: in
             f"{reason}; set data.image_size to a size it accepts"
         ) from None
     if tuple(out.shape) != (2, num_classes):
-        raise CovidlensError(
-            f"model {name!r} gives outputs of shape {tuple(out.shape)}, not (batch, {num_classes})"
-        )
+        raise CovidlensError(f"model {name!r} gives outputs of shape {tuple(out.shape)}, not (batch, {num_classes})")
 
 
-def _create_timm(name: str, num_classes: int, in_chans: int, pretrained: bool, drop_rate: float) -> nn.Module:
+def create_timm(name: str, num_classes: int, in_chans: int, pretrained: bool, drop_rate: float | None) -> nn.Module:
+    """A timm model with covidlens' arguments; drop_rate None keeps timm's default."""
+    extra = {} if drop_rate is None else {"drop_rate": drop_rate}
     try:
-        return timm.create_model(
-            name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate
-        )
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **extra)
     except (OSError, RuntimeError) as exc:
         if not pretrained:
             raise
@@ -127,17 +127,44 @@ def read_torch_file(path: str | Path, what: str) -> Any:
         raise CovidlensError(f"{path}: not a readable {what} ({type(exc).__name__})") from None
 
 
-def load_weights(model: nn.Module, path: str | Path) -> None:
+@dataclass(frozen=True)
+class WeightsReport:
+    """What loading a weights file did: tensors loaded, and the keys it could not use."""
+
+    loaded: int
+    missing: list[str]  # in the model, not in the file: left at their initial values
+    unexpected: list[str]  # in the file, not in the model
+    mismatched: list[str]  # in both, with different shapes (e.g. a 1000-class head): left initial
+
+    def summary(self) -> str:
+        """One line for the user."""
+        parts = [f"loaded {self.loaded} tensors"]
+        for label, keys in (
+            ("missing", self.missing),
+            ("unexpected", self.unexpected),
+            ("shape-mismatched", self.mismatched),
+        ):
+            if keys:
+                shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+                parts.append(f"{len(keys)} {label} ({shown})")
+        return "; ".join(parts)
+
+
+def load_weights(model: nn.Module, path: str | Path) -> WeightsReport:
     """Load a local state dict, skipping tensors whose shape differs (e.g. a 1000-class head)."""
     state = read_torch_file(path, "PyTorch weights file")
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not usable:
-        raise CovidlensError(
-            f"{path}: no tensor matches this model's layers; is it for another architecture?"
-        )
+        raise CovidlensError(f"{path}: no tensor matches this model's layers; is it for another architecture?")
     model.load_state_dict(usable, strict=False)
+    return WeightsReport(
+        loaded=len(usable),
+        missing=sorted(set(own) - set(state)),
+        unexpected=sorted(set(state) - set(own)),
+        mismatched=sorted(k for k in state if k in own and own[k].shape != state[k].shape),
+    )
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -8,10 +8,9 @@ Applications.
 
 from __future__ import annotations
 
-import timm
 from torch import nn
 
-from covidlens.models.registry import register_model
+from covidlens.models.registry import create_timm, register_model
 
 PAPER_000 = "000"
 
@@ -43,10 +42,10 @@ GARG2022_MODELS: dict[str, tuple[str, str, int]] = {
 def timm_builder(architecture: str):
     """A builder that creates `architecture` from timm with covidlens' builder signature."""
 
-    def build(num_classes: int, in_chans: int = 3, pretrained: bool = False, drop_rate: float = 0.0) -> nn.Module:
-        return timm.create_model(
-            architecture, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate
-        )
+    def build(
+        num_classes: int, in_chans: int = 3, pretrained: bool = False, drop_rate: float | None = None
+    ) -> nn.Module:
+        return create_timm(architecture, num_classes, in_chans, pretrained, drop_rate)
 
     build.__doc__ = f"timm's {architecture}."
     return build

@@ -68,6 +68,13 @@ def iterate_batches(
         yield rows, batch
 
 
+def training_loss(model: nn.Module, config: TrainConfig) -> nn.Module:
+    """The model's own training loss (`model.training_loss`, e.g. an SVM's hinge loss), else
+    label-smoothed cross-entropy. Every loss takes (outputs, class indices)."""
+    own = getattr(model, "training_loss", None)
+    return own if own is not None else nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+
+
 def make_optimizer(model: nn.Module, config: OptimizerConfig) -> torch.optim.Optimizer:
     """Adam, AdamW or SGD with momentum; weight_decay is the L2 penalty."""
     params = model.parameters()
@@ -211,7 +218,7 @@ def fit(
     """Train `model` in place; with restore_best it ends holding the weights of its best validation epoch."""
     model.to(device)
     generator = torch.Generator().manual_seed(seed)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    loss_fn = training_loss(model, config)
     # Validation loss is plain cross-entropy, so it stays comparable across recipes.
     val_loss_fn = nn.NLLLoss()
     optimizer = make_optimizer(model, config.optimizer)
