@@ -186,3 +186,9 @@ def test_cv_trains_a_paper_network_by_its_paper_name(tiny_ct, tmp_path):
                      show_progress=False)
     assert summary["model"] == "EfficientNetB0" and summary["n_units"] == 3
     assert len(list((tmp_path / "run" / "checkpoints").glob("*.pt"))) == 3
+
+
+def test_a_volume_model_is_refused_by_the_slice_pipeline_with_a_clear_message(tiny_ct, tmp_path):
+    with pytest.raises(CovidlensError, match="takes CT volumes"):
+        run_cv(fast_recipe("model.name=ResNet3D-18"), tiny_ct, tmp_path / "run", show_progress=False)
+    assert not (tmp_path / "run" / "config.yaml").exists()

@@ -193,11 +193,11 @@ def models(
         out_console.print_json(json.dumps(rows))
         return
     table = Table(title=f"covidlens models ({classes} classes, {channels} input channels)")
-    for header in ("name", "family", "paper", "input px", "params (M)", "fp32 MiB", "GFLOPs"):
+    for header in ("name", "family", "paper", "input", "params (M)", "fp32 MiB", "GFLOPs"):
         table.add_column(header, justify="left" if header in ("name", "family") else "right")
     for row in rows:
         table.add_row(
-            row["name"], row["family"], row["paper"], str(row["input_size"]), f"{row['parameters_m']:.2f}",
+            row["name"], row["family"], row["paper"], _input_shape(row), f"{row['parameters_m']:.2f}",
             f"{row['size_mb']:.1f}", f"{row['gflops']:.2f}",
         )
     out_console.print(table)
@@ -224,6 +224,11 @@ def demo(
     from covidlens.demo import run_demo
 
     run_demo(out, patients=patients, difficulty=difficulty, seed=seed)
+
+
+def _input_shape(row: dict) -> str:
+    side = row["input_size"]
+    return f"{row['input_depth']}x{side}x{side}" if row.get("input_depth") else f"{side}x{side}"
 
 
 def main() -> None:

@@ -53,7 +53,7 @@ def model_stats(name: str, num_classes: int = 3, in_chans: int = 3, input_size: 
     with torch.device("meta"):
         model = create_model(name, num_classes=num_classes, in_chans=in_chans).eval()
     size = input_size or (spec.input_size if spec else _timm_input_size(model))
-    spatial = (size,) * (spec.spatial_dims if spec else 2)
+    spatial = (spec.input_depth, size, size) if spec and spec.spatial_dims == 3 else (size, size)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(torch.empty(1, in_chans, *spatial, device="meta"))
     tensors = [*model.parameters(), *model.buffers()]
@@ -62,6 +62,7 @@ def model_stats(name: str, num_classes: int = 3, in_chans: int = 3, input_size: 
         "family": spec.family if spec else "timm",
         "paper": spec.paper if spec else "",
         "input_size": size,
+        "input_depth": spatial[0] if len(spatial) == 3 else None,
         "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "size_mb": sum(t.numel() * 4 for t in tensors) / 2**20,
         "gflops": counter.get_total_flops() / 1e9,

@@ -30,6 +30,7 @@ class ModelSpec:
     paper: str = ""
     input_size: int = 224  # native input side in pixels
     spatial_dims: int = 2
+    input_depth: int = 1  # native number of slices of a volume (3D models)
     cam_layer: str = ""  # module name of the default CAM target; "" means the last convolution
     description: str = ""
 
@@ -84,8 +85,13 @@ def create_model(
 
 
 def check_model_input(name: str, num_classes: int, in_chans: int, image_size: int) -> None:
-    """Build the model once and feed it a dummy batch, so a size it cannot take fails before any work."""
+    """Build the model once and feed it a dummy 2D batch, so an input it cannot take fails before any work."""
     check_model_name(name)
+    if name in MODELS and MODELS.get(name).spatial_dims != 2:
+        raise CovidlensError(
+            f"model {name!r} takes CT volumes (C x D x H x W); this pipeline feeds 2D slices, so choose a 2D "
+            "model (volume runs come with the CT-volume pipeline, SPEC D6)"
+        )
     model = create_model(name, num_classes=num_classes, in_chans=in_chans).eval()
     try:
         with torch.no_grad():
