@@ -14,7 +14,7 @@ import pytest
 
 from covidlens import __version__
 from covidlens.data import synth
-from covidlens.data.synth import SYNTH_KINDS, synth_ct_slices, synthesize
+from covidlens.data.synth import SYNTH_KINDS, synth_ct_slices, synth_ct_volumes, synthesize
 from covidlens.errors import CovidlensError
 
 SMALL = {"size": 128, "slices": (3, 8)}
@@ -45,8 +45,9 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFram
 
 
 def test_registry_holds_only_implemented_kinds() -> None:
-    assert SYNTH_KINDS.names() == ["ct-slices"]
+    assert SYNTH_KINDS.names() == ["ct-slices", "ct-volumes"]
     assert SYNTH_KINDS.get("ct-slices") is synth_ct_slices
+    assert SYNTH_KINDS.get("ct-volumes") is synth_ct_volumes
 
 
 def test_class_counts_follow_paper_proportions() -> None:
@@ -297,3 +298,159 @@ def test_non_empty_folder_is_refused_and_untouched(tmp_path: Path) -> None:
     with pytest.raises(CovidlensError, match="not a folder"):
         synthesize("ct-slices", a_file, patients=3)
     assert a_file.read_bytes() == b"x"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ct-volumes: CC-CCII layout <class>/<patient>/<scan>/NNNN.png
+
+VOLUMES = {"size": 64, "slices": (6, 10)}
+
+
+@pytest.fixture(scope="module")
+def volumes(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
+    out = tmp_path_factory.mktemp("synth") / "ccii"
+    return out, synthesize("ct-volumes", out, patients=9, seed=1, **VOLUMES)
+
+
+def _slices(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*.png") if not p.name.endswith(".mask.png"))
+
+
+def test_volume_class_counts_follow_paper_002_table_1() -> None:
+    shares = synth.VOLUME_CLASS_SHARES
+    assert synth.class_counts(691, shares) == {"NCP": 246, "CP": 201, "Normal": 244}
+    assert synth.class_counts(3, shares) == {"NCP": 1, "CP": 1, "Normal": 1}
+    assert synth.patient_labels(3, shares) == ["NCP", "CP", "Normal"]
+
+
+def test_volume_layout_scans_and_slice_names(volumes: tuple[Path, pd.DataFrame]) -> None:
+    out, frame = volumes
+    assert sorted(p.name for p in out.iterdir()) == ["CP", "NCP", "Normal", "synth.json"]
+    assert list(frame.columns) == ["path", "label", "patient_id", "scan_id", "slice_index", "mask_path"]
+    assert frame.patient_id.nunique() == 9
+    assert frame.groupby("label").patient_id.nunique().to_dict() == {"CP": 3, "NCP": 3, "Normal": 3}
+    written = sorted(p for p in out.rglob("*.png") if not p.name.endswith(".mask.png"))
+    assert sorted(Path(p) for p in frame.path) == written
+    scans_per_patient = frame.groupby("patient_id").scan_id.nunique()
+    assert set(scans_per_patient) == {1, 2} and 2 <= (scans_per_patient == 2).sum() <= 4
+    for (label, pid, scan_id), rows in frame.groupby(["label", "patient_id", "scan_id"]):
+        assert re.fullmatch(rf"{label.lower()}_p\d{{3}}", pid) and re.fullmatch(rf"{pid}_s[12]", scan_id)
+        names = [p.name for p in _slices(out / label / pid / scan_id)]
+        assert names == [f"{i:04d}.png" for i in range(len(rows))]
+        assert list(rows.slice_index) == list(range(len(rows)))
+        assert 6 <= len(rows) <= 10
+    image = _read(frame.path.iloc[0])
+    assert image.shape == (64, 64) and image.dtype == np.uint8
+    record = json.loads((out / "synth.json").read_text())
+    assert record["kind"] == "ct-volumes" and record["patients"] == 9 and record["seed"] == 1
+    assert record["classes"] == {"NCP": 3, "CP": 3, "Normal": 3} and record["slices"] == [6, 10]
+    assert record["size"] == 64 and record["scans"] == frame.scan_id.nunique()
+
+
+def test_about_a_third_of_patients_get_a_second_scan() -> None:
+    for seed in (0, 1, 7):
+        flags = [synth.has_second_scan(seed, i) for i in range(300)]
+        assert 0.3 < np.mean(flags) < 0.37
+        assert all(any(flags[i : i + 5]) for i in range(295)), "follow-ups are spread over the patients"
+
+
+def test_volume_masks_only_for_ncp_and_cp(volumes: tuple[Path, pd.DataFrame]) -> None:
+    out, frame = volumes
+    masks = sorted(out.rglob("*.mask.png"))
+    assert sorted(Path(p) for p in frame.mask_path if p) == masks
+    assert not list((out / "Normal").rglob("*.mask.png"))
+    for row in frame[frame.mask_path != ""].itertuples():
+        assert row.mask_path == row.path[: -len(".png")] + synth.MASK_SUFFIX
+    for label in ("NCP", "CP"):
+        ill = frame[frame.label == label]
+        assert (ill.groupby("scan_id").mask_path.apply(lambda m: (m != "").any())).all()
+
+
+def test_volume_reruns_are_byte_identical_and_other_seed_differs(tmp_path: Path) -> None:
+    args = {"patients": 4, "size": 64, "slices": (3, 5)}
+    first = _digest_volumes(tmp_path / "a", seed=11, **args)
+    second = _digest_volumes(tmp_path / "b", seed=11, **args)
+    other = _digest_volumes(tmp_path / "c", seed=12, **args)
+    assert first == second
+    shared = set(first) & set(other) - {"synth.json"}
+    assert any(first[name] != other[name] for name in shared)
+
+
+def _digest_volumes(out: Path, **kwargs: object) -> dict[str, str]:
+    synthesize("ct-volumes", out, **kwargs)
+    return _digest(out)
+
+
+def test_adjacent_slices_are_more_alike_than_distant_ones(volumes: tuple[Path, pd.DataFrame]) -> None:
+    _, frame = volumes
+    for _, rows in frame.groupby("scan_id"):
+        stack = np.stack([_read(p).astype(float) for p in rows.sort_values("slice_index").path])
+        neighbours = np.abs(np.diff(stack, axis=0)).mean()
+        ends = np.abs(stack[-1] - stack[0]).mean()
+        assert neighbours < 0.7 * ends, (rows.scan_id.iloc[0], neighbours, ends)
+
+
+def test_second_scan_shares_anatomy_but_differs(volumes: tuple[Path, pd.DataFrame]) -> None:
+    out, frame = volumes
+    twice = [pid for pid, n in frame.groupby("patient_id").scan_id.nunique().items() if n == 2]
+    assert twice
+    for pid in twice:
+        rows = frame[frame.patient_id == pid]
+        first, second = (rows[rows.scan_id == f"{pid}_s{n}"].sort_values("slice_index") for n in (1, 2))
+        assert [_read(p).tobytes() for p in first.path] != [_read(p).tobytes() for p in second.path]
+        # body wall, mediastinum and bones (brighter than lung and air), averaged over z
+        body = [np.mean([_read(p) > 150 for p in s.path], axis=0).ravel() for s in (first, second)]
+        same = np.corrcoef(body[0], body[1])[0, 1]
+        others = frame[(frame.patient_id != pid) & (frame.scan_id.str.endswith("_s1"))]
+        other_bodies = [
+            np.mean([_read(p) > 150 for p in s.path], axis=0).ravel() for _, s in others.groupby("scan_id")
+        ]
+        other = max(np.corrcoef(body[0], b)[0, 1] for b in other_bodies)
+        assert same > 0.9 and same > other + 0.02, (pid, same, other)
+
+
+def test_follow_up_changes_findings_not_anatomy() -> None:
+    anatomy_rng, findings_rng, _ = synth.patient_streams(3, 0)
+    phantom = synth.make_phantom("COVID", 0.5, anatomy_rng, findings_rng)
+    later = synth.follow_up_phantom(phantom, np.random.default_rng(0))
+    assert later.anatomy.lung_axes == phantom.anatomy.lung_axes and later.anatomy.vessels is phantom.anatomy.vessels
+    sizes = [np.mean([f.lobules[:, 2].mean() for f in p.findings]) for p in (phantom, later)]
+    assert sizes[0] != pytest.approx(sizes[1]) and 0.6 < sizes[1] / sizes[0] < 1.4
+
+
+def test_volume_defaults_and_progress(tmp_path: Path) -> None:
+    assert synth.DEFAULT_VOLUME_SLICES == (16, 40)
+    calls: list[tuple[int, int]] = []
+    frame = synth_ct_volumes(tmp_path / "v", 3, size=32, slices=(2, 3), progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(1, 3), (2, 3), (3, 3)] and len(frame) >= 6
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"patients": 2}, "patients=2"),
+        ({"difficulty": 1.5}, "difficulty=1.5"),
+        ({"seed": -1}, "seed=-1"),
+        ({"size": 16}, "size=16"),
+        ({"slices": (5, 3)}, "slices=(5, 3)"),
+        ({"slices": (1, 4)}, "slices=(1, 4)"),
+        ({"slices": "many"}, "slices='many'"),
+        ({"depth": 3}, "depth"),
+    ],
+)
+def test_volume_bad_arguments_raise(tmp_path: Path, kwargs: dict[str, object], named: str) -> None:
+    args: dict[str, object] = {"patients": 3, "size": 32, "slices": (2, 2), **kwargs}
+    out = tmp_path / "v"
+    with pytest.raises(CovidlensError) as error:
+        synthesize("ct-volumes", out, **args)  # type: ignore[arg-type]
+    assert named in str(error.value) and "\n" not in str(error.value)
+    assert not out.exists()
+
+
+def test_volumes_refuse_a_non_empty_folder(tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    with pytest.raises(CovidlensError, match="exists and is not empty"):
+        synthesize("ct-volumes", out, patients=3, size=32, slices=(2, 2))
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]

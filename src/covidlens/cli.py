@@ -11,7 +11,6 @@ import click
 import typer
 from rich.console import Console
 
-from covidlens.data.synth import DEFAULT_SLICES
 from covidlens.errors import CovidlensError
 from covidlens.progress import console
 
@@ -26,31 +25,27 @@ out_console = Console() if sys.stdout.isatty() else Console(width=160)  # stdout
 
 @app.command()
 def synth(
-    kind: Annotated[str, typer.Argument(help="what to generate: ct-slices")],
+    kind: Annotated[str, typer.Argument(help="ct-slices (paper 000's layout) or ct-volumes (CC-CCII's layout)")],
     out: Annotated[Path, typer.Argument(help="new folder to write the dataset into")],
-    patients: Annotated[
-        int, typer.Option(help="number of patients (COVID / Healthy / Others like paper 000)")
-    ] = 60,
+    patients: Annotated[int, typer.Option(help="number of patients, in the layout's class proportions")] = 60,
     seed: Annotated[int, typer.Option(help="random seed; the same seed gives byte-identical files")] = 0,
     difficulty: Annotated[float, typer.Option(help="0 = obvious findings, 1 = very subtle")] = 0.5,
     size: Annotated[int, typer.Option(help="slice side in pixels")] = 512,
-    min_slices: Annotated[int, typer.Option(help="fewest slices per patient")] = DEFAULT_SLICES[0],
-    max_slices: Annotated[int, typer.Option(help="most slices per patient")] = DEFAULT_SLICES[1],
+    min_slices: Annotated[int | None, typer.Option(help="fewest slices per patient (per scan for volumes)")] = None,
+    max_slices: Annotated[int | None, typer.Option(help="most slices per patient (per scan for volumes)")] = None,
 ) -> None:
-    """Write synthetic chest CT in paper 000's layout (class / patient / slice PNGs + lesion masks)."""
+    """Write synthetic chest CT: class / patient / (scan /) slice PNGs with lesion masks beside them."""
     from covidlens.data.synth import synthesize
     from covidlens.progress import progress_bar
 
+    options = {}
+    if min_slices is not None or max_slices is not None:
+        if min_slices is None or max_slices is None:
+            raise CovidlensError("give both --min-slices and --max-slices, or neither for the kind's default")
+        options["slices"] = (min_slices, max_slices)
     with progress_bar(f"synth {kind}", patients) as update:
         rows = synthesize(
-            kind,
-            out,
-            patients,
-            seed=seed,
-            difficulty=difficulty,
-            size=size,
-            slices=(min_slices, max_slices),
-            progress=update,
+            kind, out, patients, seed=seed, difficulty=difficulty, size=size, progress=update, **options
         )
     console.print(f"wrote {len(rows)} images of {rows['patient_id'].nunique()} patients to {out}")
 

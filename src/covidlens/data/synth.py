@@ -9,6 +9,7 @@ projection (X-ray) generator can integrate attenuation over z, all from the same
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +37,13 @@ CLASS_NAMES = ("COVID", "Healthy", "Others")
 # Paper 000's "A COVID multiclass dataset of CT scans": 80 COVID, 50 healthy, 80 other-pneumonia patients.
 CLASS_SHARES = {"COVID": 80, "Healthy": 50, "Others": 80}
 ROW_COLUMNS = ["path", "label", "patient_id", "slice_index", "mask_path"]
+
+# CC-CCII as used by paper 002 (Table 1, complete CT): 246 NCP, 201 CP, 244 Normal patients.
+VOLUME_CLASS_SHARES = {"NCP": 246, "CP": 201, "Normal": 244}
+VOLUME_PHANTOM_LABELS = {"NCP": "COVID", "CP": "Others", "Normal": "Healthy"}  # which findings each class gets
+DEFAULT_VOLUME_SLICES = (16, 40)  # slices per scan: enough for depth-4..32 volumes at small sizes
+SECOND_SCAN_SHARE = 1 / 3  # patients with a follow-up scan
+VOLUME_ROW_COLUMNS = ["path", "label", "patient_id", "scan_id", "slice_index", "mask_path"]
 
 HU_AIR = -1000.0
 HU_FAT = -100.0
@@ -177,26 +185,28 @@ def noise_hu(difficulty: float) -> float:
 # Patients and classes
 
 
-def class_counts(patients: int) -> dict[str, int]:
-    """Patients per class in paper 000's proportions, at least one per class."""
-    total = sum(CLASS_SHARES.values())
-    exact = {c: patients * CLASS_SHARES[c] / total for c in CLASS_NAMES}
-    counts = {c: int(exact[c]) for c in CLASS_NAMES}
-    by_remainder = sorted(CLASS_NAMES, key=lambda c: (-(exact[c] - counts[c]), CLASS_NAMES.index(c)))
+def class_counts(patients: int, shares: dict[str, int] = CLASS_SHARES) -> dict[str, int]:
+    """Patients per class in the proportions of `shares` (default paper 000's), at least one per class."""
+    names = tuple(shares)
+    total = sum(shares.values())
+    exact = {c: patients * shares[c] / total for c in names}
+    counts = {c: int(exact[c]) for c in names}
+    by_remainder = sorted(names, key=lambda c: (-(exact[c] - counts[c]), names.index(c)))
     for c in by_remainder[: patients - sum(counts.values())]:
         counts[c] += 1
-    for c in CLASS_NAMES:
+    for c in names:
         if counts[c] == 0:
-            donor = max(CLASS_NAMES, key=lambda k: counts[k])
+            donor = max(names, key=lambda k: counts[k])
             counts[donor] -= 1
             counts[c] = 1
     return counts
 
 
-def patient_labels(patients: int) -> list[str]:
+def patient_labels(patients: int, shares: dict[str, int] = CLASS_SHARES) -> list[str]:
     """Class of each patient index, classes interleaved evenly (COVID, Healthy, Others, ...)."""
-    counts = class_counts(patients)
-    keyed = [((j + 0.5) / counts[c], CLASS_NAMES.index(c), c) for c in CLASS_NAMES for j in range(counts[c])]
+    names = tuple(shares)
+    counts = class_counts(patients, shares)
+    keyed = [((j + 0.5) / counts[c], names.index(c), c) for c in names for j in range(counts[c])]
     return [c for _, _, c in sorted(keyed)]
 
 
@@ -815,17 +825,25 @@ def _write_patient_slices(
     out: Path, phantom: Phantom, rng: np.random.Generator, size: int, slices: tuple[int, int]
 ) -> list[dict[str, object]]:
     folder = out / phantom.label / phantom.patient_id
-    folder.mkdir(parents=True, exist_ok=True)
     count = int(rng.integers(slices[0], slices[1] + 1))
+    return _write_stack(folder, phantom, rng, slice_heights(rng, count), size, "slice_{:03d}")
+
+
+def _write_stack(
+    folder: Path, phantom: Phantom, rng: np.random.Generator, heights: np.ndarray, size: int, stem: str
+) -> list[dict[str, object]]:
+    """Render, acquire and write one slice per height as `stem.format(i)`.png, a mask beside lesioned ones."""
+    folder.mkdir(parents=True, exist_ok=True)
     rows = []
-    for index, z in enumerate(slice_heights(rng, count)):
+    for index, z in enumerate(heights):
         render = render_hu_slice(phantom, float(z), size)
         image = lung_window(simulate_acquisition(render.hu, rng, phantom.noise_hu))
-        path = folder / f"slice_{index:03d}.png"
+        name = stem.format(index)
+        path = folder / f"{name}.png"
         _imwrite(path, image)
         mask_path = ""
         if render.lesion.any():
-            mask_file = folder / f"slice_{index:03d}{MASK_SUFFIX}"
+            mask_file = folder / f"{name}{MASK_SUFFIX}"
             _imwrite(mask_file, render.lesion.astype(np.uint8) * 255)
             mask_path = str(mask_file)
         rows.append(
@@ -840,20 +858,111 @@ def _write_patient_slices(
     return rows
 
 
+@SYNTH_KINDS.register("ct-volumes")
+def synth_ct_volumes(
+    out: Path,
+    patients: int,
+    seed: int = 0,
+    difficulty: float = 0.5,
+    size: int = 512,
+    slices: tuple[int, int] = DEFAULT_VOLUME_SLICES,
+    progress: ProgressFn | None = None,
+) -> pd.DataFrame:
+    """Write CC-CCII-like CT scans as OUT/<class>/<patient>/<scan>/NNNN.png (z order, contiguous slices).
+
+    Classes NCP / CP / Normal in paper 002's Table 1 proportions; about a third of the patients get a
+    follow-up scan of the same anatomy with findings slightly progressed or regressed. `slices` is the
+    (min, max) number of slices per scan; lesion masks sit beside lesioned slices.
+    """
+    out = Path(out)
+    _check_common(out, patients, seed, difficulty)
+    size = _check_size(size)
+    low, high = _check_slices(slices)
+    if low < 2:
+        raise CovidlensError(f"slices={slices!r} needs at least 2 slices per scan for a volume; use e.g. 16 40")
+    difficulty = float(difficulty)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, object]] = []
+    scans = 0
+    for index, label in enumerate(patient_labels(patients, VOLUME_CLASS_SHARES)):
+        anatomy_rng, findings_rng, scan_rng = patient_streams(int(seed), index)
+        pid = patient_id(label, index, patients)
+        phantom = make_phantom(VOLUME_PHANTOM_LABELS[label], difficulty, anatomy_rng, findings_rng, pid)
+        phantom = dataclasses.replace(phantom, label=label)
+        stacks = [(phantom, scan_rng)]
+        if has_second_scan(int(seed), index):
+            follow_rng = np.random.default_rng(np.random.SeedSequence([int(seed), index, 2]))
+            stacks.append((follow_up_phantom(phantom, follow_rng), follow_rng))
+        for number, (scan_phantom, rng) in enumerate(stacks, start=1):
+            scan_id = f"{pid}_s{number}"
+            count = int(rng.integers(low, high + 1))
+            folder = out / label / pid / scan_id
+            for row in _write_stack(folder, scan_phantom, rng, slice_heights(rng, count), size, "{:04d}"):
+                rows.append({**row, "scan_id": scan_id})
+        scans += len(stacks)
+        if progress is not None:
+            progress(index + 1, patients)
+    _write_record(
+        out, "ct-volumes", patients, seed, difficulty, VOLUME_CLASS_SHARES, size=size, slices=[low, high], scans=scans
+    )
+    return pd.DataFrame(rows, columns=VOLUME_ROW_COLUMNS)
+
+
+def has_second_scan(seed: int, index: int) -> bool:
+    """Whether patient `index` gets a follow-up scan: a golden-ratio sequence, so about a third of any run
+    of consecutive patients do, spread evenly and from (seed, index) only."""
+    offset = (seed * np.sqrt(2.0)) % 1.0
+    return bool((index * 0.6180339887498949 + offset) % 1.0 < SECOND_SCAN_SHARE)
+
+
+def follow_up_phantom(phantom: Phantom, rng: np.random.Generator) -> Phantom:
+    """The same patient days later: anatomy slightly repositioned, findings grown or shrunk by 10-35%."""
+    factor = float(rng.uniform(1.1, 1.35) if rng.uniform() < 0.5 else rng.uniform(0.65, 0.9))
+    anatomy = phantom.anatomy
+    shift = (anatomy.shift[0] + float(rng.normal(0.0, 0.008)), anatomy.shift[1] + float(rng.normal(0.0, 0.008)))
+    anatomy = dataclasses.replace(anatomy, shift=shift, rotation=anatomy.rotation + float(rng.normal(0.0, 0.01)))
+    findings: list[Finding] = []
+    for finding in phantom.findings:
+        z_half = finding.z_half * float(np.sqrt(factor))
+        if isinstance(finding, GroundGlass):
+            lobules = finding.lobules.copy()
+            lobules[:, 2:4] *= factor
+            findings.append(
+                dataclasses.replace(finding, z_half=z_half, lobules=lobules, amplitude_hu=finding.amplitude_hu * factor)
+            )
+        else:
+            findings.append(
+                dataclasses.replace(
+                    finding,
+                    z_half=z_half,
+                    half_angle=min(finding.half_angle * factor, 1.2),
+                    strength=min(finding.strength * factor, 1.0),
+                )
+            )
+    noise = phantom.noise_hu * float(rng.uniform(0.9, 1.1))
+    return dataclasses.replace(phantom, anatomy=anatomy, findings=tuple(findings), noise_hu=noise)
+
+
 def _imwrite(path: Path, image: np.ndarray) -> None:
     if not cv2.imwrite(str(path), image):
         raise CovidlensError(f"could not write {path}; check the folder is writable and the disk is not full")
 
 
 def _write_record(
-    out: Path, kind: str, patients: int, seed: int, difficulty: float, **options: object
+    out: Path,
+    kind: str,
+    patients: int,
+    seed: int,
+    difficulty: float,
+    shares: dict[str, int] = CLASS_SHARES,
+    **options: object,
 ) -> None:
     record = {
         "kind": kind,
         "patients": int(patients),
         "seed": int(seed),
         "difficulty": float(difficulty),
-        "classes": class_counts(patients),
+        "classes": class_counts(patients, shares),
         "covidlens_version": __version__,
         **options,
     }

@@ -170,25 +170,47 @@ def class_folder_names(root: Path) -> set[str]:
     return {folder.name.casefold() for folder in subfolders(root)}
 
 
-def class_folder_candidates(class_dir: Path, label: str) -> tuple[list[Candidate], list[Path]]:
+def numbered_slices(images: list[Path]) -> list[int] | None:
+    """The numbers the slices of one folder are named by (`0007.png` -> 7), in the order given.
+
+    None when some name is not a plain number (ASCII digits) or two names give the same number.
+    """
+    stems = [path.name[: -len(path.suffix)] for path in images]
+    if not all(re.fullmatch(r"[0-9]+", stem) for stem in stems):
+        return None
+    numbers = [int(stem) for stem in stems]
+    return numbers if len(set(numbers)) == len(numbers) else None
+
+
+def class_folder_candidates(class_dir: Path, label: str,
+                            numbered: bool = False) -> tuple[list[Candidate], list[Path]]:
     """Images of one class folder; the first sub-folder level is the patient, deeper levels the scan.
 
     Images directly in the class folder get no patient id. slice_index is the natural order of an
     image among the image files of its folder (corrupt ones included, so a bad file leaves a gap
-    rather than renumbering its neighbours).
+    rather than renumbering its neighbours). With `numbered`, slices named by their number
+    (`0000.png`, `0001.png`, ...) get that number instead, for every image of a folder whose names are
+    all distinct plain numbers; other folders keep the natural order.
     """
     listing = list_images(class_dir)
+    in_folder: dict[Path, list[Path]] = {}
+    for path in listing.images:
+        if path.parent != class_dir:
+            in_folder.setdefault(path.parent, []).append(path)
+    slice_index: dict[Path, int] = {}
+    for images in in_folder.values():
+        numbers = (numbered_slices(images) if numbered else None) or range(len(images))
+        slice_index.update(zip(images, numbers, strict=True))
     candidates: list[Candidate] = []
-    order_in_folder: dict[Path, int] = {}
     for path in listing.images:
         parts = path.relative_to(class_dir).parts
         if len(parts) == 1:
             candidates.append(Candidate(path=path, label=label))
             continue
-        position = order_in_folder.get(path.parent, 0)
-        order_in_folder[path.parent] = position + 1
         scan = "/".join(parts[:-1])
-        candidates.append(Candidate(path, label, patient_id=parts[0], scan_id=scan, slice_index=position))
+        candidates.append(
+            Candidate(path, label, patient_id=parts[0], scan_id=scan, slice_index=slice_index[path])
+        )
     return candidates, listing.not_images
 
 
@@ -210,13 +232,16 @@ def prefix_shared_patient_names(candidates: list[Candidate]) -> None:
             candidate.scan_id = f"{candidate.label}/{candidate.scan_id}"
 
 
-def collect_class_folders(dataset_root: Path, root: Path,
-                          class_dirs: dict[str, Path]) -> tuple[list[Candidate], list[tuple[str, str]]]:
-    """Candidates of every class folder (label -> folder), and skipped entries for stray files."""
+def collect_class_folders(dataset_root: Path, root: Path, class_dirs: dict[str, Path],
+                          numbered: bool = False) -> tuple[list[Candidate], list[tuple[str, str]]]:
+    """Candidates of every class folder (label -> folder), and skipped entries for stray files.
+
+    `numbered`: slice_index from numeric slice names, as `class_folder_candidates` describes.
+    """
     candidates: list[Candidate] = []
     skipped: list[tuple[str, str]] = []
     for label, class_dir in class_dirs.items():
-        found, not_images = class_folder_candidates(class_dir, label)
+        found, not_images = class_folder_candidates(class_dir, label, numbered)
         candidates += found
         skipped += not_image_reasons(not_images, dataset_root)
     prefix_shared_patient_names(candidates)
@@ -230,9 +255,13 @@ def has_exactly_class_folders(path: Path, labels: dict[str, str]) -> bool:
 
 
 def index_named_class_folders(
-    path: Path, options: IndexOptions, layout: str, labels: dict[str, str], patient_source: str
+    path: Path, options: IndexOptions, layout: str, labels: dict[str, str], patient_source: str,
+    numbered: bool = False,
 ) -> IndexResult:
-    """Index a layout of fixed class folders (folder name, any case -> label) below `path`."""
+    """Index a layout of fixed class folders (folder name, any case -> label) below `path`.
+
+    `numbered`: slices are named by their z position (`0000.png`, ...); see `class_folder_candidates`.
+    """
     root = unwrap_enclosing_folder(path)
     class_dirs = match_class_folders(root, labels)
     missing = [label for label in labels.values() if label not in class_dirs]
@@ -241,7 +270,7 @@ def index_named_class_folders(
             f"{root}: class folder(s) {', '.join(missing)} not found; the {layout} layout needs "
             f"{', '.join(labels.values())} (any letter case)"
         )
-    candidates, skipped = collect_class_folders(path, root, class_dirs)
+    candidates, skipped = collect_class_folders(path, root, class_dirs, numbered)
     return build_result(path, candidates, layout, options, skipped, patient_source=patient_source)
 
 
