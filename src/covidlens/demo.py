@@ -7,8 +7,7 @@ import shutil
 from pathlib import Path
 
 from covidlens.config import load_recipe
-from covidlens.data.index import index_dataset
-from covidlens.data.manifest import summarize, write_manifest
+from covidlens.data.manifest import read_manifest, summarize
 from covidlens.data.synth import synthesize
 from covidlens.errors import CovidlensError
 from covidlens.evaluate.aggregate import format_summary_table
@@ -36,15 +35,13 @@ def _synth_once(data: Path, patients: int, difficulty: float, seed: int) -> None
 
 
 def run_demo(out: Path, patients: int = 60, difficulty: float = 0.5, seed: int = 0) -> dict:
-    """synth -> index -> patient-wise 5-fold CV with the demo recipe -> report; returns the summary."""
+    """synth -> patient-wise 5-fold CV (which indexes the data) with the demo recipe -> report."""
     data, run_dir = out / "data", out / "run"
     _synth_once(data, patients, difficulty, seed)
-    result = index_dataset(data)
-    manifest_path = write_manifest(result.manifest, out / "manifest.csv")
-    console.print(summarize(result.manifest).to_string())
     recipe = load_recipe("demo", [f"cv.seed={seed}"])
-    summary = run_cv(recipe, manifest_path, run_dir)
+    summary = run_cv(recipe, data, run_dir)  # indexes the data once, into run/manifest.csv
     report = write_report(run_dir)
+    console.print(summarize(read_manifest(run_dir / "manifest.csv")).to_string())
     console.print(format_summary_table(summary))
     console.print(f"report: {report}")
     return summary

@@ -85,17 +85,21 @@ def create_model(
 
 
 def check_model_input(name: str, num_classes: int, in_chans: int, image_size: int) -> None:
-    """Build the model once and feed it a dummy 2D batch, so an input it cannot take fails before any work."""
+    """Feed the model a dummy 2D batch on the meta device, so an input it cannot take fails before any work.
+
+    On the meta device only shapes are computed: nothing is allocated and no arithmetic is done.
+    """
     check_model_name(name)
     if name in MODELS and MODELS.get(name).spatial_dims != 2:
         raise CovidlensError(
             f"model {name!r} takes CT volumes (C x D x H x W); this pipeline feeds 2D slices, so choose a 2D "
             "model (volume runs come with the CT-volume pipeline, SPEC D6)"
         )
-    model = create_model(name, num_classes=num_classes, in_chans=in_chans).eval()
+    with torch.device("meta"):
+        model = create_model(name, num_classes=num_classes, in_chans=in_chans).eval()
     try:
         with torch.no_grad():
-            out = model(torch.zeros(2, in_chans, image_size, image_size))
+            out = model(torch.empty(2, in_chans, image_size, image_size, device="meta"))
     except (RuntimeError, AssertionError, ValueError) as exc:
         native = getattr(model, "pretrained_cfg", {}).get("input_size")
         hint = f" (its native input is {native[-1]} px)" if native else ""
@@ -171,8 +175,3 @@ def load_weights(model: nn.Module, path: str | Path) -> WeightsReport:
         unexpected=sorted(set(state) - set(own)),
         mismatched=sorted(k for k in state if k in own and own[k].shape != state[k].shape),
     )
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)

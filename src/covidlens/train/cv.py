@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -69,16 +70,19 @@ class RunData:
     classes: list[str]
     device: torch.device
 
-    @property
+    @cached_property
     def labels(self) -> np.ndarray:
         """Class index of every manifest row."""
         return self.manifest["label"].map({c: i for i, c in enumerate(self.classes)}).to_numpy(np.int64)
 
+    @cached_property
+    def _row_of(self) -> pd.Series:
+        return pd.Series(np.arange(len(self.manifest)), index=self.manifest["sample_id"])
+
     def rows(self, round_index: int, fold: int, role: str) -> np.ndarray:
         """Manifest row numbers of one role of one fold."""
         part = self.folds[(self.folds["round"] == round_index) & (self.folds["fold"] == fold)]
-        row_of = pd.Series(np.arange(len(self.manifest)), index=self.manifest["sample_id"])
-        return row_of[part.loc[part["role"] == role, "sample_id"]].to_numpy()
+        return self._row_of[part.loc[part["role"] == role, "sample_id"]].to_numpy()
 
 
 def fold_seed(seed: int, round_index: int, fold: int) -> int:
