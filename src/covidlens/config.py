@@ -25,6 +25,9 @@ class DataConfig(Section):
         None, description="HU window (level, width) for 16-bit / HU data"
     )
     cache: bool = True
+    lung_mask: bool = Field(
+        False, description="keep only the lungs (classical segmentation): paper 002's 'segmented CT' variant"
+    )
     classes: list[str] | None = Field(None, description="class order; default: sorted labels")
 
 

@@ -27,17 +27,31 @@ class ImageSource(Protocol):
 class DecodedImages:
     """Decodes and resizes every image on every read (the slow path, kept for comparison)."""
 
-    def __init__(self, paths: Sequence[str], size: int, window: tuple[float, float] | None = None) -> None:
+    def __init__(
+        self,
+        paths: Sequence[str],
+        size: int,
+        window: tuple[float, float] | None = None,
+        frames: Sequence[int] | None = None,
+        lung_mask: bool = False,
+    ) -> None:
         self.paths = list(paths)
         self.size = size
         self.window = window
+        self.frames = list(frames) if frames is not None else [None] * len(self.paths)
+        self.lung_mask = lung_mask
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def get(self, indices: Sequence[int]) -> np.ndarray:
         """Decode the images at `indices`."""
-        return np.stack([load_gray_uint8(self.paths[i], self.size, self.window) for i in indices])
+        return np.stack(
+            [
+                load_gray_uint8(self.paths[i], self.size, self.window, self.frames[i], self.lung_mask)
+                for i in indices
+            ]
+        )
 
 
 class CachedImages:
@@ -54,9 +68,18 @@ class CachedImages:
         return np.asarray(self.array[np.asarray(indices)])
 
 
-def cache_key(paths: Sequence[str], size: int, window: tuple[float, float] | None) -> str:
+def cache_key(
+    paths: Sequence[str],
+    size: int,
+    window: tuple[float, float] | None,
+    frames: Sequence[int] | None = None,
+    lung_mask: bool = False,
+) -> str:
     """A key that changes when any file, its size or time, or the preprocessing changes."""
-    digest = hashlib.sha1(json.dumps({"size": size, "window": window}).encode())
+    settings = {"size": size, "window": window, "lung_mask": lung_mask}
+    if frames is not None:
+        settings["frames"] = [int(f) for f in frames]
+    digest = hashlib.sha1(json.dumps(settings).encode())
     for path in paths:
         try:
             stat = os.stat(path)
@@ -72,11 +95,16 @@ def build_cache(
     folder: str | Path,
     window: tuple[float, float] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    frames: Sequence[int] | None = None,
+    lung_mask: bool = False,
 ) -> CachedImages:
-    """Decode every image once into `folder/images-<key>-<size>px.npy`, or reuse that file if it exists."""
-    target = Path(folder) / f"images-{cache_key(paths, size, window)}-{size}px.npy"
+    """Decode every image once into `folder/images-<key>-<size>px.npy`, or reuse that file if it exists.
+
+    `frames` gives the slice index of each path inside a multi-slice file (NIfTI); other files ignore it.
+    """
+    target = Path(folder) / f"images-{cache_key(paths, size, window, frames, lung_mask)}-{size}px.npy"
     if not target.is_file():
-        decoder = DecodedImages(paths, size, window)
+        decoder = DecodedImages(paths, size, window, frames, lung_mask)
 
         def fill(tmp: Path) -> None:
             array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size))

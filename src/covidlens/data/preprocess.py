@@ -9,6 +9,9 @@ import numpy as np
 
 from covidlens.errors import CovidlensError
 
+HU_SUFFIXES = (".dcm", ".nii", ".nii.gz")
+DEFAULT_HU_WINDOW = (-600.0, 1500.0)  # lung window (level, width) for HU data when the recipe names none
+
 
 def window_hu(values: np.ndarray, level: float, width: float) -> np.ndarray:
     """Map intensities in the window [level - width/2, level + width/2] to [0, 1], clipping outside."""
@@ -49,6 +52,25 @@ def to_gray(image: np.ndarray) -> np.ndarray:
     raise CovidlensError(f"unsupported image shape {image.shape}; expected gray, RGB or RGBA")
 
 
+def is_hu_file(path: str | Path) -> bool:
+    """True for files that hold Hounsfield units (DICOM slices, NIfTI volumes) rather than display pixels."""
+    name = str(path).lower()
+    return name.endswith(HU_SUFFIXES)
+
+
+def read_slice(path: str | Path, frame: int | None = None) -> np.ndarray:
+    """One 2D slice: a DICOM file or slice `frame` of a NIfTI volume in HU, else an image as stored."""
+    if is_hu_file(path):
+        from covidlens.data import medical_io  # pydicom / nibabel load only when such files are used
+
+        if str(path).lower().endswith(".dcm"):
+            return medical_io.read_dicom_hu(path)
+        if frame is None or frame < 0:
+            raise CovidlensError(f"{path}: a NIfTI volume needs a slice index; index the folder with covidlens")
+        return medical_io.read_nifti_slice(path, frame)
+    return read_image(path)
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Decode an image file as stored (8 or 16 bit, gray or colour); raise CovidlensError if unreadable."""
     data = np.fromfile(str(path), dtype=np.uint8) if Path(path).is_file() else None
@@ -68,9 +90,22 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
-def load_gray_uint8(path: str | Path, size: int, window: tuple[float, float] | None = None) -> np.ndarray:
-    """Decode, grayscale, window or scale to [0, 1], resize, and quantise to uint8: one model-ready slice."""
-    unit = to_unit_range(to_gray(read_image(path)), window)
+def load_gray_uint8(
+    path: str | Path,
+    size: int,
+    window: tuple[float, float] | None = None,
+    frame: int | None = None,
+    lung_mask: bool = False,
+) -> np.ndarray:
+    """Decode, grayscale, window or scale to [0, 1], optionally keep only the lungs, resize, and quantise
+    to uint8: one model-ready slice. HU files without a window get the lung window DEFAULT_HU_WINDOW."""
+    if window is None and is_hu_file(path):
+        window = DEFAULT_HU_WINDOW
+    unit = to_unit_range(to_gray(read_slice(path, frame)), window)
+    if lung_mask:
+        from covidlens.data.lungs import mask_outside_lungs
+
+        unit = mask_outside_lungs(unit)
     return np.round(resize_square(unit, size) * 255.0).astype(np.uint8)
 
 

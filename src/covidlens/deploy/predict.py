@@ -84,9 +84,10 @@ def predict_files(
         decoded: dict[tuple, CachedImages] = {}
         total = np.zeros((len(names), len(classes)))
         for model, recipe in models:
-            key = (recipe.data.image_size, recipe.data.window)
+            key = (recipe.data.image_size, recipe.data.window, recipe.data.lung_mask)
             if key not in decoded:
-                decoded[key] = CachedImages(DecodedImages(names, *key).get(range(len(names))))
+                source = DecodedImages(names, *key[:2], lung_mask=key[2])
+                decoded[key] = CachedImages(source.get(range(len(names))))
             rows = np.arange(len(names))
             total += predict_proba(model, decoded[key], rows, batch_size, recipe.data.channels, torch_device)
         parts.append(total / len(models))

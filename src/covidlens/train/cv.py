@@ -174,11 +174,14 @@ def prepare_run(
 def image_source(run: RunData, show: bool) -> ImageSource:
     """The run's images, decoded once into the cache unless the recipe turns caching off."""
     files = run.manifest["path"].astype(str).tolist()
+    frames = run.manifest["slice_index"].astype(int).tolist()
     data = run.recipe.data
     if not data.cache:
-        return DecodedImages(files, data.image_size, data.window)
+        return DecodedImages(files, data.image_size, data.window, frames, data.lung_mask)
     with progress_bar("decode + resize (once)", len(files), show) as update:
-        return build_cache(files, data.image_size, run.paths.cache, data.window, progress=update)
+        return build_cache(
+            files, data.image_size, run.paths.cache, data.window, update, frames, data.lung_mask
+        )
 
 
 def train_fold(
