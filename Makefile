@@ -30,6 +30,7 @@ lint: install-dev
 
 bench: install
 	$(BIN)/python benchmarks/bench_cache.py
+	$(BIN)/python benchmarks/bench_resnet3d.py
 
 clean:
 	rm -rf $(VENV) runs demo-run

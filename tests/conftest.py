@@ -17,3 +17,14 @@ def tiny_ct(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny") / "ct"
     synthesize("ct-slices", out, **TINY)
     return out
+
+
+TINY_VOLUMES = {"patients": 9, "seed": 0, "difficulty": 0.3, "size": 32, "slices": (4, 7)}
+
+
+@pytest.fixture(scope="session")
+def tiny_volumes(tmp_path_factory) -> Path:
+    """9 patients (some with two scans) of 4-7 synthetic 32x32 slices per scan in CC-CCII's layout."""
+    out = tmp_path_factory.mktemp("tiny") / "volumes"
+    synthesize("ct-volumes", out, **TINY_VOLUMES)
+    return out

@@ -2,7 +2,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from covidlens.data.splits import assert_patient_disjoint, folds_from_split_column, patient_wise_folds
+from covidlens.data.splits import (
+    assert_patient_disjoint,
+    folds_from_split_column,
+    patient_wise_folds,
+    patient_wise_holdout,
+)
 from covidlens.errors import CovidlensError
 
 
@@ -115,3 +120,36 @@ def test_nearby_seeds_share_no_round():
     tests_a = a[(a["round"] == 1) & (a.role == "test")].sort_values("sample_id")["fold"].to_numpy()
     tests_b = b[(b["round"] == 0) & (b.role == "test")].sort_values("sample_id")["fold"].to_numpy()
     assert not np.array_equal(tests_a, tests_b)
+
+
+def table1_manifest() -> pd.DataFrame:
+    """Paper 002 Table 1's 246 / 201 / 244 patients (NCP / CP / Normal), 1-3 scans' worth of rows each."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for label, n in (("NCP", 246), ("CP", 201), ("Normal", 244)):
+        for i in range(n):
+            for k in range(int(rng.integers(1, 4))):
+                rows.append({"sample_id": f"{label}{i}_{k}", "label": label, "patient_id": f"{label}{i}"})
+    return pd.DataFrame(rows)
+
+
+def test_holdout_reproduces_table_1_patient_counts_without_leaks():
+    manifest = table1_manifest()
+    folds = patient_wise_holdout(manifest, test_fraction=0.2, val_fraction=0.275, rounds=2, seed=0)
+    merged = folds.merge(manifest, on="sample_id")
+    for round_index in (0, 1):
+        part = merged[merged["round"] == round_index]
+        patients = part.groupby("role")["patient_id"].nunique()
+        # Table 1: 401 train, 152 validation and 138 test patients of 691
+        assert patients.to_dict() == {"test": 138, "train": 401, "val": 152}
+        assert part.groupby("patient_id")["role"].nunique().max() == 1
+        assert len(part) == len(manifest) and set(part["fold"]) == {0}
+        test_share = part[part["role"] == "test"].groupby("label")["patient_id"].nunique() / manifest.groupby(
+            "label"
+        )["patient_id"].nunique()
+        assert test_share.between(0.18, 0.22).all()  # stratified by class
+    first = merged[merged["round"] == 0].set_index("sample_id")["role"]
+    second = merged[merged["round"] == 1].set_index("sample_id")["role"]
+    assert (first != second).any()
+    again = patient_wise_holdout(manifest, 0.2, 0.275, rounds=2, seed=0)
+    pd.testing.assert_frame_equal(folds, again)

@@ -33,6 +33,12 @@ def synth(
     size: Annotated[int, typer.Option(help="slice side in pixels")] = 512,
     min_slices: Annotated[int | None, typer.Option(help="fewest slices per patient (per scan for volumes)")] = None,
     max_slices: Annotated[int | None, typer.Option(help="most slices per patient (per scan for volumes)")] = None,
+    image_format: Annotated[
+        str, typer.Option("--format", help="ct-volumes only: png, nifti (volumes + labels.csv) or dicom series")
+    ] = "png",
+    segmented: Annotated[
+        bool, typer.Option("--segmented", help="ct-volumes only: lung-segmented variant (air / black outside)")
+    ] = False,
 ) -> None:
     """Write synthetic chest CT: class / patient / (scan /) slice PNGs with lesion masks beside them."""
     from covidlens.data.synth import synthesize
@@ -43,6 +49,10 @@ def synth(
         if min_slices is None or max_slices is None:
             raise CovidlensError("give both --min-slices and --max-slices, or neither for the kind's default")
         options["slices"] = (min_slices, max_slices)
+    if image_format != "png":  # only non-defaults, so kinds without these options still work
+        options["format"] = image_format
+    if segmented:
+        options["segmented"] = True
     with progress_bar(f"synth {kind}", patients) as update:
         rows = synthesize(
             kind, out, patients, seed=seed, difficulty=difficulty, size=size, progress=update, **options
@@ -133,11 +143,57 @@ def cv(
 
 
 @app.command()
-def report(run_dir: Annotated[Path, typer.Argument(help="a finished run directory")]) -> None:
-    """(Re)write report.html of a run from the tables on disk."""
-    from covidlens.report.html import write_report
+def sweep(
+    recipe: Annotated[
+        str, typer.Argument(help="built-in recipe name (see `covidlens recipes`) or a YAML file")
+    ],
+    data: Annotated[str, typer.Option(help="dataset folder or manifest CSV")],
+    grid: Annotated[
+        list[str],
+        typer.Option(
+            help="a recipe field and its values, e.g. --grid depth=2,4,8 --grid batch_size=8,32 or "
+            "--grid model=ResNet3D-18,ResNet3D-34; a short name works when it is unique"
+        ),
+    ],
+    out: Annotated[Path | None, typer.Option(help="sweep directory; default runs/<recipe name>-sweep")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="override a recipe field in every run, e.g. --set train.epochs=5")
+    ] = None,
+    format: Annotated[
+        str | None, typer.Option("--format", help="dataset layout when DATA is a folder")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars")] = False,
+) -> None:
+    """Run a recipe over a grid of values (resumable) and compare the settings as paper 002's Tables 5-7.
 
-    console.print(f"wrote {write_report(run_dir)}")
+    Each combination is an ordinary run directory under OUT/runs/; the table (bootstrap CIs, Fisher's
+    exact stars against the first row, McNemar's test for paired predictions) goes to OUT/sweep.csv,
+    OUT/results.json and OUT/report.html.
+    """
+    from covidlens.config import load_recipe
+    from covidlens.evaluate.tables import comparison_frame
+    from covidlens.report.html import write_report, write_sweep_report
+    from covidlens.train.sweep import Sweep, parse_grid, run_sweep
+
+    overrides = list(set_ or [])
+    sweep_dir = out or Path("runs") / f"{load_recipe(recipe, overrides).name}-sweep"
+    rows = run_sweep(recipe, grid, data, sweep_dir, overrides, format, show_progress=not quiet)
+    for name in Sweep(sweep_dir, recipe, overrides, parse_grid(grid)).names:
+        write_report(sweep_dir / "runs" / name)
+    report_path = write_sweep_report(sweep_dir)
+    out_console.print(comparison_frame(rows).to_string(index=False))
+    console.print(f"sweep directory: {sweep_dir}  report: {report_path}")
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run or sweep directory")],
+) -> None:
+    """(Re)write report.html of a run or a sweep from the tables on disk."""
+    from covidlens.report.html import write_report, write_sweep_report
+
+    writer = write_sweep_report if (run_dir / "sweep.json").is_file() else write_report
+    console.print(f"wrote {writer(run_dir)}")
 
 
 @app.command()

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from covidlens.errors import CovidlensError
 
@@ -29,6 +29,10 @@ class DataConfig(Section):
         False, description="keep only the lungs (classical segmentation): paper 002's 'segmented CT' variant"
     )
     classes: list[str] | None = Field(None, description="class order; default: sorted labels")
+    depth: int | None = Field(
+        None, ge=2, description="stack this many adjacent slices of a scan into one volume (3D models); none: slices"
+    )
+    stride: int | None = Field(None, ge=1, description="slices between volume starts; default: depth (no overlap)")
 
 
 class ModelConfig(Section):
@@ -95,18 +99,31 @@ class TrainConfig(Section):
 
 
 class CVConfig(Section):
-    split: Literal["kfold", "fixed"] = Field(
-        "kfold", description="kfold: patient-wise k-fold; fixed: the dataset's own train/val/test lists"
+    split: Literal["kfold", "holdout", "fixed"] = Field(
+        "kfold",
+        description="kfold: patient-wise k-fold; holdout: one patient-wise train/val/test split per round; "
+        "fixed: the dataset's own train/val/test lists",
     )
     folds: int = Field(5, ge=2)
     rounds: int = Field(1, ge=1)
-    val_fraction: float = Field(0.2, gt=0, lt=1)
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="share of the training patients for validation")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="holdout: share of all patients for testing")
     seed: int = 0
 
 
 class EvaluateConfig(Section):
     confidence: float = Field(0.95, gt=0, lt=1)
     ci_unit: Literal["fold", "round"] = "fold"
+    positive_class: str | None = Field(
+        None, description="the class of the binary one-vs-rest metrics (e.g. NCP, COVID); needed by bootstrap"
+    )
+    bootstrap_resamples: int = Field(
+        0, ge=0, description="percentile bootstrap CIs of the test predictions with this many resamples; 0: off"
+    )
+    levels: list[Literal["scan", "patient"]] = Field(
+        [], description="also report metrics with predictions aggregated to these levels"
+    )
+    aggregation: Literal["mean", "vote"] = Field("mean", description="how predictions aggregate to a level")
 
 
 class Recipe(Section):
@@ -118,6 +135,12 @@ class Recipe(Section):
     train: TrainConfig = TrainConfig()
     cv: CVConfig = CVConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+
+    @model_validator(mode="after")
+    def _bootstrap_needs_positive_class(self) -> Recipe:
+        if self.evaluate.bootstrap_resamples and self.evaluate.positive_class is None:
+            raise ValueError("evaluate.bootstrap_resamples needs evaluate.positive_class (e.g. NCP or COVID)")
+        return self
 
 
 def builtin_recipes() -> list[str]:
@@ -190,7 +213,8 @@ def validate_recipe(data: dict, origin: str) -> Recipe:
         where = ".".join(str(p) for p in first["loc"])
         if first["type"] == "extra_forbidden":
             raise CovidlensError(f"{origin}: unknown recipe key {where!r}; check its spelling") from None
-        raise CovidlensError(f"{origin}: {where}: {first['msg']}") from None
+        message = first["msg"].removeprefix("Value error, ")
+        raise CovidlensError(f"{origin}: {where}: {message}" if where else f"{origin}: {message}") from None
 
 
 def recipe_to_yaml(recipe: Recipe) -> str:

@@ -42,11 +42,15 @@ def random_affine_matrices(config: AugmentConfig, n: int, generator: torch.Gener
 def augment_batch(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
     """Apply an independent random affine transform to each image of a (B, C, H, W) batch.
 
-    Pixels that come from outside the image take the nearest border value, as Keras'
+    A volume batch (B, C, D, H, W) gets one in-plane transform per volume, the same for all its
+    slices. Pixels that come from outside the image take the nearest border value, as Keras'
     ImageDataGenerator does with its default fill_mode="nearest".
     """
     if not config.enabled:
         return images
-    theta = random_affine_matrices(config, images.shape[0], generator).to(images.dtype)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    shape = images.shape
+    planes = images.reshape(shape[0], -1, shape[-2], shape[-1])
+    theta = random_affine_matrices(config, shape[0], generator).to(images.dtype)
+    grid = F.affine_grid(theta, list(planes.shape), align_corners=False)
+    moved = F.grid_sample(planes, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return moved.reshape(shape)

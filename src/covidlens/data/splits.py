@@ -1,4 +1,4 @@
-"""Patient-wise splits: repeated stratified group k-fold with an inner validation split, fixed lists."""
+"""Patient-wise splits: repeated stratified group k-fold with an inner validation split, holdout, fixed lists."""
 
 from __future__ import annotations
 
@@ -78,6 +78,28 @@ def patient_wise_folds(
                     {"sample_id": manifest["sample_id"], "round": round_index, "fold": fold, "role": role}
                 )
             )
+    table = pd.concat(rows, ignore_index=True)
+    assert_patient_disjoint(table, manifest)
+    return table
+
+
+def patient_wise_holdout(
+    manifest: pd.DataFrame, test_fraction: float, val_fraction: float, rounds: int, seed: int
+) -> pd.DataFrame:
+    """One class-stratified patient-wise train / val / test split per round (fold 0 of each round).
+
+    `test_fraction` of all patients are tested, then `val_fraction` of the rest validate (paper 002
+    Table 1: 20% and 27.5% of 691 patients give its 401 / 152 / 138 patients).
+    """
+    patients = patient_table(manifest)
+    groups = manifest["patient_id"].to_numpy()
+    rows = []
+    for round_index in range(rounds):
+        test = _validation_patients(patients, test_fraction, _seed(seed, round_index))
+        rest = patients[~patients["patient_id"].isin(test)]
+        val = _validation_patients(rest, val_fraction, _seed(seed, round_index, 0))
+        role = np.where(np.isin(groups, list(test)), "test", np.where(np.isin(groups, list(val)), "val", "train"))
+        rows.append(pd.DataFrame({"sample_id": manifest["sample_id"], "round": round_index, "fold": 0, "role": role}))
     table = pd.concat(rows, ignore_index=True)
     assert_patient_disjoint(table, manifest)
     return table

@@ -10,8 +10,9 @@ projection (X-ray) generator can integrate attenuation over z, all from the same
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import pandas as pd
 
 from covidlens import __version__
 from covidlens.atomic import write_json
+from covidlens.data import medical_io
 from covidlens.data.manifest import MASK_SUFFIX
 from covidlens.data.preprocess import window_hu
 from covidlens.errors import CovidlensError
@@ -44,6 +46,9 @@ VOLUME_PHANTOM_LABELS = {"NCP": "COVID", "CP": "Others", "Normal": "Healthy"}  #
 DEFAULT_VOLUME_SLICES = (16, 40)  # slices per scan: enough for depth-4..32 volumes at small sizes
 SECOND_SCAN_SHARE = 1 / 3  # patients with a follow-up scan
 VOLUME_ROW_COLUMNS = ["path", "label", "patient_id", "scan_id", "slice_index", "mask_path"]
+VOLUME_FORMATS = ("png", "nifti", "dicom")
+FIELD_OF_VIEW_MM = 350.0  # side of the square slice in DICOM / NIfTI output
+LUNG_HEIGHT_MM = 250.0  # z = 1 (lung base) lies this far below z = 0 (apex): a slice at height h is at -h * this
 
 HU_AIR = -1000.0
 HU_FAT = -100.0
@@ -829,22 +834,51 @@ def _write_patient_slices(
     return _write_stack(folder, phantom, rng, slice_heights(rng, count), size, "slice_{:03d}")
 
 
+@dataclass(frozen=True, eq=False)
+class AcquiredSlice:
+    """One slice as the scanner gives it: HU after blur and noise, with the true lung and lesion masks."""
+
+    hu: np.ndarray  # float32
+    lung: np.ndarray  # bool
+    lesion: np.ndarray  # bool
+
+
+def acquire_stack(
+    phantom: Phantom, rng: np.random.Generator, heights: np.ndarray, size: int, segmented: bool = False
+) -> Iterator[AcquiredSlice]:
+    """Render and acquire one slice per height, in order; `segmented` sets everything outside the lungs to air."""
+    for z in heights:
+        render = render_hu_slice(phantom, float(z), size)
+        hu = simulate_acquisition(render.hu, rng, phantom.noise_hu)
+        if segmented:
+            hu[~render.lung] = HU_AIR
+        yield AcquiredSlice(hu, render.lung, render.lesion)
+
+
 def _write_stack(
     folder: Path, phantom: Phantom, rng: np.random.Generator, heights: np.ndarray, size: int, stem: str
 ) -> list[dict[str, object]]:
     """Render, acquire and write one slice per height as `stem.format(i)`.png, a mask beside lesioned ones."""
+    return _write_png_stack(folder, phantom, acquire_stack(phantom, rng, heights, size), stem)
+
+
+def _write_png_stack(
+    folder: Path, phantom: Phantom, slices: Iterable[AcquiredSlice], stem: str, segmented: bool = False
+) -> list[dict[str, object]]:
+    """Write slices in the lung window as `stem.format(i)`.png (outside the lungs black when `segmented`)."""
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
-    for index, z in enumerate(heights):
-        render = render_hu_slice(phantom, float(z), size)
-        image = lung_window(simulate_acquisition(render.hu, rng, phantom.noise_hu))
+    for index, acquired in enumerate(slices):
+        image = lung_window(acquired.hu)
+        if segmented:
+            image[~acquired.lung] = 0  # as CC-CCII's lung-segmented images: black outside the lungs
         name = stem.format(index)
         path = folder / f"{name}.png"
         _imwrite(path, image)
         mask_path = ""
-        if render.lesion.any():
+        if acquired.lesion.any():
             mask_file = folder / f"{name}{MASK_SUFFIX}"
-            _imwrite(mask_file, render.lesion.astype(np.uint8) * 255)
+            _imwrite(mask_file, acquired.lesion.astype(np.uint8) * 255)
             mask_path = str(mask_file)
         rows.append(
             {
@@ -867,12 +901,22 @@ def synth_ct_volumes(
     size: int = 512,
     slices: tuple[int, int] = DEFAULT_VOLUME_SLICES,
     progress: ProgressFn | None = None,
+    format: str = "png",
+    segmented: bool = False,
 ) -> pd.DataFrame:
     """Write CC-CCII-like CT scans as OUT/<class>/<patient>/<scan>/NNNN.png (z order, contiguous slices).
 
     Classes NCP / CP / Normal in paper 002's Table 1 proportions; about a third of the patients get a
     follow-up scan of the same anatomy with findings slightly progressed or regressed. `slices` is the
-    (min, max) number of slices per scan; lesion masks sit beside lesioned slices.
+    (min, max) number of slices per scan; lesion masks sit beside lesioned slices (PNG format only).
+
+    `format` "dicom" writes OUT/<class>/<patient>/<scan>/<hash>.dcm (CT Image Storage, pixels HU + 1024
+    with RescaleIntercept -1024, file names not in z order); "nifti" writes OUT/volumes/<scan>.nii.gz
+    (int16 HU) and OUT/labels.csv. The same seed gives the same HU in every format (PNG = lung_window(HU)),
+    rounded to whole HU; DICOM's 12-bit pixels clip it to -1024..3071 (noisy air below -1024 reads -1024).
+    DICOM and NIfTI rows number slices inferior to superior (slice_index 0 = the lung base), as their
+    adapters do; PNG slices are numbered apex first. `segmented` writes paper 002's lung-segmented variant:
+    outside the true lung mask the HU is air (-1000) and the PNG is black.
     """
     out = Path(out)
     _check_common(out, patients, seed, difficulty)
@@ -880,9 +924,12 @@ def synth_ct_volumes(
     low, high = _check_slices(slices)
     if low < 2:
         raise CovidlensError(f"slices={slices!r} needs at least 2 slices per scan for a volume; use e.g. 16 40")
+    if format not in VOLUME_FORMATS:
+        raise CovidlensError(f"format={format!r} is not one of {', '.join(VOLUME_FORMATS)}; use e.g. --format dicom")
     difficulty = float(difficulty)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, object]] = []
+    table: list[dict[str, str]] = []  # labels.csv of the nifti format
     scans = 0
     for index, label in enumerate(patient_labels(patients, VOLUME_CLASS_SHARES)):
         anatomy_rng, findings_rng, scan_rng = patient_streams(int(seed), index)
@@ -896,16 +943,88 @@ def synth_ct_volumes(
         for number, (scan_phantom, rng) in enumerate(stacks, start=1):
             scan_id = f"{pid}_s{number}"
             count = int(rng.integers(low, high + 1))
+            heights = slice_heights(rng, count)
+            acquired = acquire_stack(scan_phantom, rng, heights, size, segmented)
             folder = out / label / pid / scan_id
-            for row in _write_stack(folder, scan_phantom, rng, slice_heights(rng, count), size, "{:04d}"):
-                rows.append({**row, "scan_id": scan_id})
+            if format == "png":
+                written = _write_png_stack(folder, scan_phantom, acquired, "{:04d}", segmented)
+            elif format == "dicom":
+                uid_source = f"covidlens synth ct-volumes seed={seed} patients={patients} difficulty={difficulty}"
+                written = _write_dicom_scan(folder, scan_phantom, list(acquired), heights, f"{uid_source} {scan_id}")
+            else:
+                volume = out / "volumes" / f"{scan_id}.nii.gz"
+                written = _write_nifti_scan(volume, scan_phantom, list(acquired), heights)
+                table.append({"file": volume.relative_to(out).as_posix(), "label": label, "patient_id": pid,
+                              "scan_id": scan_id})
+            rows.extend({**row, "scan_id": scan_id} for row in written)
         scans += len(stacks)
         if progress is not None:
             progress(index + 1, patients)
+    if table:
+        pd.DataFrame(table).to_csv(out / "labels.csv", index=False, lineterminator="\n")
+    variant = {"format": format} if format != "png" else {}
+    if segmented:
+        variant["segmented"] = True
     _write_record(
-        out, "ct-volumes", patients, seed, difficulty, VOLUME_CLASS_SHARES, size=size, slices=[low, high], scans=scans
+        out, "ct-volumes", patients, seed, difficulty, VOLUME_CLASS_SHARES, size=size, slices=[low, high], scans=scans,
+        **variant,
     )
     return pd.DataFrame(rows, columns=VOLUME_ROW_COLUMNS)
+
+
+def slice_positions_mm(heights: np.ndarray) -> np.ndarray:
+    """Patient z (mm, superior positive) of slices at phantom heights (0 apex, 1 base): z = -h * LUNG_HEIGHT_MM."""
+    return np.round(-np.asarray(heights, dtype=np.float64) * LUNG_HEIGHT_MM, 3)
+
+
+def _volume_row(path: Path, phantom: Phantom, slice_index: int) -> dict[str, object]:
+    return {"path": str(path), "label": phantom.label, "patient_id": phantom.patient_id,
+            "slice_index": slice_index, "mask_path": ""}
+
+
+def _write_dicom_scan(
+    folder: Path, phantom: Phantom, slices: list[AcquiredSlice], heights: np.ndarray, uid_source: str
+) -> list[dict[str, object]]:
+    """One DICOM file per slice, named by a hash of its SOPInstanceUID; rows in z order (inferior first)."""
+    from pydicom.uid import generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    size = slices[0].hu.shape[0]
+    spacing = round(FIELD_OF_VIEW_MM / size, 6)
+    corner = -round((size - 1) / 2 * spacing, 4)
+    z = slice_positions_mm(heights)
+    thickness = float(abs(z[1] - z[0])) if len(z) > 1 else 1.0
+    study_uid = generate_uid(entropy_srcs=[uid_source, "study"])
+    series_uid = generate_uid(entropy_srcs=[uid_source, "series"])
+    by_z: list[tuple[float, Path]] = []
+    for index, acquired in enumerate(slices):
+        sop_uid = generate_uid(entropy_srcs=[uid_source, "slice", str(index)])
+        path = folder / f"{hashlib.sha256(sop_uid.encode()).hexdigest()[:16]}.dcm"
+        medical_io.write_dicom_slice(
+            path,
+            acquired.hu,
+            patient_id=phantom.patient_id,
+            study_uid=study_uid,
+            series_uid=series_uid,
+            sop_uid=sop_uid,
+            position=(corner, corner, float(z[index])),
+            pixel_spacing=(spacing, spacing),
+            slice_thickness=thickness,
+            instance_number=index + 1,
+        )
+        by_z.append((float(z[index]), path))
+    return [_volume_row(path, phantom, k) for k, (_, path) in enumerate(sorted(by_z))]
+
+
+def _write_nifti_scan(
+    path: Path, phantom: Phantom, slices: list[AcquiredSlice], heights: np.ndarray
+) -> list[dict[str, object]]:
+    """One .nii.gz volume (slices stored apex first, int16 HU); rows by slice inferior to superior."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    size = slices[0].hu.shape[0]
+    spacing = round(FIELD_OF_VIEW_MM / size, 6)
+    medical_io.write_nifti_volume(path, [s.hu for s in slices], (spacing, spacing), slice_positions_mm(heights))
+    return [_volume_row(path, phantom, k) for k in range(len(slices))]
 
 
 def has_second_scan(seed: int, index: int) -> bool:

@@ -78,6 +78,11 @@ def predict_files(
     """
     torch_device = select_device(device)
     models, classes = load_models(model_path, torch_device)
+    if any(recipe.data.depth is not None for _, recipe in models):
+        raise CovidlensError(
+            f"{model_path}: a volume model (data.depth) classifies stacked slices of a scan, not single image "
+            "files; its test-set predictions are in the run's predictions.csv"
+        )
     parts = []
     for start in range(0, len(files), chunk):
         names = [str(f) for f in files[start : start + chunk]]

@@ -84,28 +84,37 @@ def create_model(
     return model
 
 
-def check_model_input(name: str, num_classes: int, in_chans: int, image_size: int) -> None:
-    """Feed the model a dummy 2D batch on the meta device, so an input it cannot take fails before any work.
+def check_model_input(name: str, num_classes: int, in_chans: int, image_size: int, depth: int | None = None) -> None:
+    """Feed the model a dummy batch on the meta device, so an input it cannot take fails before any work.
 
-    On the meta device only shapes are computed: nothing is allocated and no arithmetic is done.
+    2D models get (2, C, H, W); 3D models need `depth` (data.depth) and get (2, C, D, H, W). On the
+    meta device only shapes are computed: nothing is allocated and no arithmetic is done.
     """
     check_model_name(name)
-    if name in MODELS and MODELS.get(name).spatial_dims != 2:
+    dims = MODELS.get(name).spatial_dims if name in MODELS else 2
+    if dims == 3 and depth is None:
         raise CovidlensError(
-            f"model {name!r} takes CT volumes (C x D x H x W); this pipeline feeds 2D slices, so choose a 2D "
-            "model (volume runs come with the CT-volume pipeline, SPEC D6)"
+            f"model {name!r} takes CT volumes (C x D x H x W); set data.depth (e.g. --set data.depth=4) "
+            "to stack adjacent slices of each scan into volumes"
         )
+    if dims == 2 and depth is not None:
+        raise CovidlensError(
+            f"model {name!r} takes 2D images, but data.depth={depth} makes volumes; choose a 3D model "
+            "(covidlens models --family resnet3d) or remove data.depth"
+        )
+    shape = (2, in_chans, image_size, image_size) if depth is None else (2, in_chans, depth, image_size, image_size)
     with torch.device("meta"):
         model = create_model(name, num_classes=num_classes, in_chans=in_chans).eval()
     try:
         with torch.no_grad():
-            out = model(torch.empty(2, in_chans, image_size, image_size, device="meta"))
+            out = model(torch.empty(*shape, device="meta"))
     except (RuntimeError, AssertionError, ValueError) as exc:
         native = getattr(model, "pretrained_cfg", {}).get("input_size")
         hint = f" (its native input is {native[-1]} px)" if native else ""
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        what = f"{image_size}x{image_size}" if depth is None else f"{depth}x{image_size}x{image_size}"
         raise CovidlensError(
-            f"model {name!r} cannot take {image_size}x{image_size} input with {in_chans} channel(s){hint}: "
+            f"model {name!r} cannot take {what} input with {in_chans} channel(s){hint}: "
             f"{reason}; set data.image_size to a size it accepts"
         ) from None
     if tuple(out.shape) != (2, num_classes):

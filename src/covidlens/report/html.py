@@ -21,6 +21,7 @@ from covidlens.evaluate.aggregate import (
     summary_caption,
     summary_rows,
 )
+from covidlens.evaluate.compare import format_bootstrap_ci
 from covidlens.report import figures
 
 
@@ -33,13 +34,13 @@ def _image(png: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def split_summary(manifest: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
-    """Images and patients per class in each role of each fold of the first round."""
+def split_summary(manifest: pd.DataFrame, folds: pd.DataFrame, unit: str = "images") -> pd.DataFrame:
+    """Samples (images or volumes) and patients per class in each role of each fold of the first round."""
     first = folds[folds["round"] == folds["round"].min()].merge(
         manifest[["sample_id", "label", "patient_id"]]
     )
     table = first.groupby(["fold", "role", "label"]).agg(
-        images=("sample_id", "size"), patients=("patient_id", "nunique")
+        **{unit: ("sample_id", "size")}, patients=("patient_id", "nunique")
     )
     wide = table.unstack("label").fillna(0).astype(int)
     wide.columns = [f"{label} {what}" for what, label in wide.columns]
@@ -52,10 +53,88 @@ def metrics_table(summary: dict) -> pd.DataFrame:
     return pd.DataFrame(summary_rows(summary), columns=["Class", *METRIC_HEADERS.values()]).set_index("Class")
 
 
+def input_text(data: dict) -> str:
+    """The model input in words: size, channels and, for volumes, depth and stride."""
+    text = f"{data['image_size']} px, {data['channels']} channel(s)"
+    if data.get("depth"):
+        stride = data.get("stride") or data["depth"]
+        text += f"; volumes of {data['depth']} adjacent slices, a new volume every {stride} slices"
+    if data.get("lung_mask"):
+        text += "; lungs only (classical lung masking)"
+    return text
+
+
+def data_summary(manifest: pd.DataFrame, volumes: pd.DataFrame | None) -> pd.DataFrame:
+    """Images and patients per class, with scans and volumes when the run stacks volumes."""
+    table = summarize(manifest)
+    if volumes is not None:
+        table["scans"] = manifest.groupby("label")["scan_id"].nunique()
+        table.loc["total", "scans"] = manifest["scan_id"].nunique()
+        table["volumes"] = volumes.groupby("label").size()
+        table.loc["total", "volumes"] = len(volumes)
+        table = table.astype(int)
+    return table
+
+
+def bootstrap_section(summary: dict) -> str:
+    """Paper 002's statistics of the test predictions with percentile bootstrap CIs, if computed."""
+    boot = summary.get("bootstrap")
+    if not boot:
+        return ""
+    names = {
+        "accuracy": "Accuracy (3-way)",
+        "macro_auroc": "Macro-AUROC",
+        "positive_accuracy": f"Accuracy ({boot['positive']} vs rest)",
+        "precision": f"Precision ({boot['positive']})",
+        "recall": f"Recall ({boot['positive']})",
+        "f1": f"F1-score ({boot['positive']})",
+    }
+    rows = [
+        {
+            "Metric": names.get(key, key),
+            "Estimate (95% CI)": format_bootstrap_ci(ci),
+            "Bootstrap mean": f"{ci['bootstrap_mean']:.4f}",
+        }
+        for key, ci in boot["metrics"].items()
+    ]
+    return (
+        f"<h3>Bootstrap confidence intervals</h3><p>{html.escape(boot['method'])}, {boot['n_resamples']} resamples "
+        f"of the {boot['n']} test predictions of round {boot['round'] + 1}; {boot['confidence']:.0%} percentile "
+        "intervals around the full-data estimate.</p>" + _table(pd.DataFrame(rows).set_index("Metric"))
+    )
+
+
+def levels_section(summary: dict) -> str:
+    """Accuracy and macro-AUROC with predictions aggregated per scan and per patient, if asked for."""
+    levels = summary.get("levels")
+    if not levels:
+        return ""
+    rows = [
+        {
+            "Level": level,
+            "Aggregation": part["aggregation"],
+            "Test rows": part["n_rows"],
+            "Accuracy": format_mean_ci(part["overall"]["accuracy"]),
+            "Macro-AUROC": format_mean_ci(part["overall"]["macro_auroc"]),
+        }
+        for level, part in levels.items()
+    ]
+    return (
+        "<h3>Scan and patient level</h3><p>Each sample's class probabilities averaged (or voted) over the "
+        "samples of one scan or one patient in the same test fold, then scored as above.</p>"
+        + _table(pd.DataFrame(rows).set_index("Level"))
+    )
+
+
 def validation_text(cv: dict) -> str:
     """How the run validated its models, in words."""
     if cv.get("split") == "fixed":
         return "the dataset's own fixed train / validation / test lists (one fold)"
+    if cv.get("split") == "holdout":
+        return (
+            f"{cv['rounds']} patient-wise holdout split(s): test {cv['test_fraction']:.0%} of patients, "
+            f"validation {cv['val_fraction']:.0%} of the rest, seed {cv['seed']}"
+        )
     return (
         f"{cv['rounds']} round(s) x {cv['folds']} folds, patient-wise, "
         f"validation {cv['val_fraction']:.0%} of training patients, seed {cv['seed']}"
@@ -76,6 +155,8 @@ def build_report(run_dir: Path) -> str:
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
         raise CovidlensError(f"{run_dir}: config.yaml or metrics.json is damaged ({type(exc).__name__})") from None
     manifest = read_manifest(run_dir / "manifest.csv")
+    volumes = run_dir / "volumes.csv"
+    samples = pd.read_csv(volumes, dtype=str, keep_default_na=False) if volumes.is_file() else manifest
     folds = pd.read_csv(run_dir / "folds.csv", dtype={"sample_id": str})
     history = pd.read_csv(run_dir / "history.csv")
     classes = summary["classes"]
@@ -83,16 +164,14 @@ def build_report(run_dir: Path) -> str:
     warning = ""
     if is_image_wise(manifest):
         warning = f'<p class="warn">{html.escape(IMAGE_WISE_WARNING.strip())}</p>'
-    template = (resources.files("covidlens") / "report" / "template.html").read_text(encoding="utf-8")
+    title = html.escape(f"covidlens run: {config['name']} / {config['model']['name']}")
     fields = {
-        "title": html.escape(f"covidlens run: {config['name']} / {config['model']['name']}"),
-        "warning": warning,
         "recipe": html.escape(config["name"]),
         "model": html.escape(config["model"]["name"]),
         "cv": html.escape(validation_text(config["cv"])),
-        "input": html.escape(f"{config['data']['image_size']} px, {config['data']['channels']} channel(s)"),
-        "data_summary": _table(summarize(manifest)),
-        "split_summary": _table(split_summary(manifest, folds)),
+        "input": html.escape(input_text(config["data"])),
+        "data_summary": _table(data_summary(manifest, samples if volumes.is_file() else None)),
+        "split_summary": _table(split_summary(samples, folds, "volumes" if volumes.is_file() else "images")),
         "accuracy": html.escape(format_mean_ci(overall["accuracy"])),
         "auroc": html.escape(format_mean_ci(overall["macro_auroc"])),
         "caption": html.escape(summary_caption(summary)),
@@ -104,9 +183,78 @@ def build_report(run_dir: Path) -> str:
             "confusion matrices",
         ),
         "curves": _image(figures.training_curves(history), "training curves"),
+        "extra_results": bootstrap_section(summary) + levels_section(summary),
         "config": html.escape(yaml.safe_dump(config, sort_keys=False)),
     }
-    return template.format(**fields)
+    return render_page("run_body.html", title, warning, fields)
+
+
+def render_page(template: str, title: str, warning: str, fields: dict[str, str]) -> str:
+    """A self-contained HTML page: the shared head and style, then `template` filled with `fields`."""
+    folder = resources.files("covidlens") / "report"
+    body = (folder / template).read_text(encoding="utf-8").format(**fields)
+    page = (folder / "page.html").read_text(encoding="utf-8")
+    style = (folder / "style.css").read_text(encoding="utf-8")
+    return page.format(title=title, warning=warning, body=body, style=style)
+
+
+def sweep_caption(results: dict) -> str:
+    """How the comparison table was computed, in paper 002's words."""
+    rows = results["rows"]
+    first = rows[0]["metrics"]["accuracy"]
+    return (
+        f"Accuracy is for {len(results['classes'])}-way classification; F1-score, precision and recall are for "
+        f"{results['positive']} against the other classes. Each value is the average over "
+        f"{first['n_resamples']} nonparametric, unstratified bootstrap resamples of the first round's test "
+        f"predictions, with its {first['confidence']:.0%} percentile interval. Stars: two-sided Fisher's exact "
+        "test of each row against the first (* p<0.05, ** p<0.01, *** p<0.001); F1 is not a proportion of "
+        "counts, so it has no Fisher test. McNemar's exact test compares paired predictions where both rows "
+        "were tested on the same samples. Bold: the best value of each column."
+    )
+
+
+def build_sweep_report(sweep_dir: Path) -> str:
+    """The HTML report of a finished sweep: the comparison table, then each cell's confusion and curves."""
+    from covidlens.evaluate.tables import comparison_frame
+
+    results_file = sweep_dir / "results.json"
+    if not results_file.is_file():
+        raise CovidlensError(f"{sweep_dir}: not a finished sweep (no results.json); run 'covidlens sweep'")
+    results = json.loads(results_file.read_text(encoding="utf-8"))
+    cells, warning, config = [], "", None
+    for row in results["rows"]:
+        run_dir = sweep_dir / "runs" / row["group"]
+        config = config or yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+        summary = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+        if summary.get("image_wise"):
+            warning = f'<p class="warn">{html.escape(IMAGE_WISE_WARNING.strip())}</p>'
+        confusion = figures.confusion_matrices(
+            summary["confusion_matrix"], summary["confusion_matrix_normalized"], summary["classes"]
+        )
+        curves = figures.training_curves(pd.read_csv(run_dir / "history.csv"))
+        cells.append(
+            f"<h3>{html.escape(row['group'])}</h3>"
+            + _image(confusion, f"confusion matrices of {row['group']}")
+            + _image(curves, f"training curves of {row['group']}")
+        )
+    grid = "; ".join(f"{axis['key']} = {', '.join(map(str, axis['values']))}" for axis in results["grid"])
+    fields = {
+        "recipe": html.escape(" ".join([results["recipe"], *(f"--set {o}" for o in results["overrides"])])),
+        "grid": html.escape(grid),
+        "cv": html.escape(validation_text(config["cv"])),
+        "caption": html.escape(sweep_caption(results)),
+        "table": comparison_frame(results["rows"], html=True).to_html(
+            border=0, classes="grid", escape=False, index=False
+        ),
+        "cells": "\n".join(cells),
+    }
+    return render_page("sweep_body.html", html.escape(f"covidlens sweep: {results['recipe']}"), warning, fields)
+
+
+def write_sweep_report(sweep_dir: str | Path) -> Path:
+    """Write sweep_dir/report.html atomically and return its path."""
+    sweep_dir = Path(sweep_dir)
+    return atomic.write_text(sweep_dir / "report.html", build_sweep_report(sweep_dir))
 
 
 def write_report(run_dir: str | Path) -> Path:

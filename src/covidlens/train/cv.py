@@ -17,9 +17,12 @@ from covidlens.data.adapters.base import IndexOptions
 from covidlens.data.cache import DecodedImages, ImageSource, build_cache
 from covidlens.data.index import index_dataset
 from covidlens.data.manifest import class_names, is_image_wise, read_manifest, write_manifest
-from covidlens.data.splits import check_folds, folds_from_split_column, patient_wise_folds
+from covidlens.data.splits import check_folds, folds_from_split_column, patient_wise_folds, patient_wise_holdout
+from covidlens.data.volumes import VolumeSource, build_volume_table, volume_slice_rows
 from covidlens.errors import CovidlensError
 from covidlens.evaluate.aggregate import summarize_cv
+from covidlens.evaluate.levels import aggregate_predictions
+from covidlens.evaluate.stats import bootstrap_metrics
 from covidlens.models import create_model
 from covidlens.models.registry import check_model_input, check_model_name
 from covidlens.progress import console, progress_bar
@@ -27,7 +30,7 @@ from covidlens.train.checkpoint import save_checkpoint
 from covidlens.train.trainer import FitResult, fit, predict_proba, select_device
 
 # Files a run writes while it is being set up, before config.yaml marks it as started.
-SETUP_FILES = {"run.json", "manifest.csv", "folds.csv"}
+SETUP_FILES = {"run.json", "manifest.csv", "volumes.csv", "folds.csv"}
 
 
 class RunPaths:
@@ -38,6 +41,7 @@ class RunPaths:
         self.config = root / "config.yaml"
         self.run_info = root / "run.json"
         self.manifest = root / "manifest.csv"
+        self.volumes = root / "volumes.csv"
         self.folds = root / "folds.csv"
         self.history = root / "history.csv"
         self.predictions = root / "predictions.csv"
@@ -61,26 +65,36 @@ class RunPaths:
 
 @dataclass
 class RunData:
-    """What every fold of a run shares."""
+    """What every fold of a run shares.
+
+    `samples` is what the folds split and the models see: the manifest itself (slices), or the volume
+    table built from it when the recipe sets data.depth.
+    """
 
     paths: RunPaths
     recipe: Recipe
     manifest: pd.DataFrame
+    samples: pd.DataFrame
     folds: pd.DataFrame
     classes: list[str]
     device: torch.device
 
+    @property
+    def volume_mode(self) -> bool:
+        """True when samples are volumes of stacked slices."""
+        return self.recipe.data.depth is not None
+
     @cached_property
     def labels(self) -> np.ndarray:
-        """Class index of every manifest row."""
-        return self.manifest["label"].map({c: i for i, c in enumerate(self.classes)}).to_numpy(np.int64)
+        """Class index of every sample."""
+        return self.samples["label"].map({c: i for i, c in enumerate(self.classes)}).to_numpy(np.int64)
 
     @cached_property
     def _row_of(self) -> pd.Series:
-        return pd.Series(np.arange(len(self.manifest)), index=self.manifest["sample_id"])
+        return pd.Series(np.arange(len(self.samples)), index=self.samples["sample_id"])
 
     def rows(self, round_index: int, fold: int, role: str) -> np.ndarray:
-        """Manifest row numbers of one role of one fold."""
+        """Sample row numbers of one role of one fold."""
         part = self.folds[(self.folds["round"] == round_index) & (self.folds["fold"] == fold)]
         return self._row_of[part.loc[part["role"] == role, "sample_id"]].to_numpy()
 
@@ -130,11 +144,27 @@ def _index(data: str, options: IndexOptions, layout: str | None) -> pd.DataFrame
     return result.manifest
 
 
-def _make_folds(manifest: pd.DataFrame, recipe: Recipe) -> pd.DataFrame:
+def _make_folds(samples: pd.DataFrame, recipe: Recipe) -> pd.DataFrame:
     cv = recipe.cv
     if cv.split == "fixed":
-        return folds_from_split_column(manifest)
-    return patient_wise_folds(manifest, cv.folds, cv.rounds, cv.seed, cv.val_fraction)
+        return folds_from_split_column(samples)
+    if cv.split == "holdout":
+        return patient_wise_holdout(samples, cv.test_fraction, cv.val_fraction, cv.rounds, cv.seed)
+    return patient_wise_folds(samples, cv.folds, cv.rounds, cv.seed, cv.val_fraction)
+
+
+def _samples(manifest: pd.DataFrame, recipe: Recipe) -> pd.DataFrame:
+    """The manifest's slices, or the volumes stacked from them when the recipe sets data.depth."""
+    data = recipe.data
+    return manifest if data.depth is None else build_volume_table(manifest, data.depth, data.stride)
+
+
+def _check_positive_class(recipe: Recipe, classes: list[str]) -> None:
+    positive = recipe.evaluate.positive_class
+    if positive is not None and positive not in classes:
+        raise CovidlensError(
+            f"evaluate.positive_class {positive!r} is not one of the classes {classes}; set it to one of them"
+        )
 
 
 def _class_list(manifest: pd.DataFrame, recipe: Recipe) -> list[str]:
@@ -154,34 +184,45 @@ def prepare_run(
     if paths.config.is_file():
         _check_resumable(paths, recipe, data)
         manifest = read_manifest(paths.manifest)
+        samples = _samples(manifest, recipe)
         folds = pd.read_csv(paths.folds, dtype={"sample_id": str})
-        check_folds(folds, manifest)
+        check_folds(folds, samples)
         classes = _class_list(manifest, recipe)
-        return RunData(paths, recipe, manifest, folds, classes, select_device(recipe.train.device)), True
+        device = select_device(recipe.train.device)
+        return RunData(paths, recipe, manifest, samples, folds, classes, device), True
     _check_new_run_folder(paths)
     manifest = _index(data, options, layout)
     classes = _class_list(manifest, recipe)
-    folds = _make_folds(manifest, recipe)
+    _check_positive_class(recipe, classes)
+    check_model_input(
+        recipe.model.name, len(classes), recipe.data.channels, recipe.data.image_size, recipe.data.depth
+    )
+    samples = _samples(manifest, recipe)
+    folds = _make_folds(samples, recipe)
     device = select_device(recipe.train.device)
-    check_model_input(recipe.model.name, len(classes), recipe.data.channels, recipe.data.image_size)
     write_manifest(manifest, paths.manifest)
+    if samples is not manifest:
+        atomic.write_csv(paths.volumes, samples)
     atomic.write_csv(paths.folds, folds)
     atomic.write_json(paths.run_info, {"data": data, "covidlens": __version__})
     atomic.write_text(paths.config, recipe_to_yaml(recipe))  # last: marks the run as started
-    return RunData(paths, recipe, manifest, folds, classes, device), False
+    return RunData(paths, recipe, manifest, samples, folds, classes, device), False
 
 
 def image_source(run: RunData, show: bool) -> ImageSource:
-    """The run's images, decoded once into the cache unless the recipe turns caching off."""
+    """The run's samples: slices decoded once into the cache (unless the recipe turns caching off),
+    stacked into volumes when the recipe sets data.depth."""
     files = run.manifest["path"].astype(str).tolist()
     frames = run.manifest["slice_index"].astype(int).tolist()
     data = run.recipe.data
     if not data.cache:
-        return DecodedImages(files, data.image_size, data.window, frames, data.lung_mask)
-    with progress_bar("decode + resize (once)", len(files), show) as update:
-        return build_cache(
-            files, data.image_size, run.paths.cache, data.window, update, frames, data.lung_mask
-        )
+        slices: ImageSource = DecodedImages(files, data.image_size, data.window, frames, data.lung_mask)
+    else:
+        with progress_bar("decode + resize (once)", len(files), show) as update:
+            slices = build_cache(files, data.image_size, run.paths.cache, data.window, update, frames, data.lung_mask)
+    if not run.volume_mode:
+        return slices
+    return VolumeSource(slices, volume_slice_rows(run.manifest, run.samples))
 
 
 def train_fold(
@@ -225,7 +266,7 @@ def predictions_table(
     run: RunData, rows: np.ndarray, probs: np.ndarray, round_index: int, fold: int
 ) -> pd.DataFrame:
     """The Predictions table of one fold's test rows."""
-    test = run.manifest.iloc[rows]
+    test = run.samples.iloc[rows]
     table = pd.DataFrame(
         {
             "sample_id": test["sample_id"].to_numpy(),
@@ -264,10 +305,16 @@ def run_cv(
     layout: str | None = None,
     options: IndexOptions | None = None,
     show_progress: bool = True,
+    cache_dir: str | Path | None = None,
 ) -> dict:
-    """Run (or resume) patient-wise repeated k-fold CV; return the metrics summary written to metrics.json."""
+    """Run (or resume) patient-wise repeated k-fold CV; return the metrics summary written to metrics.json.
+
+    `cache_dir` lets several runs on the same data share one decode-once cache (a sweep does).
+    """
     data = str(Path(data).resolve()) if Path(data).exists() else str(data)
     run, resumed = prepare_run(recipe, data, Path(out), layout, options or IndexOptions())
+    if cache_dir is not None:
+        run.paths.cache = Path(cache_dir)
     if resumed:
         console.print(f"resuming {run.paths.root}: finished folds are read from disk")
     if recipe.train.threads:
@@ -289,8 +336,35 @@ def finish_run(run: RunData) -> dict:
     history = pd.concat([pd.read_csv(d / "history.csv") for d in fold_dirs])
     atomic.write_csv(paths.predictions, predictions)
     atomic.write_csv(paths.history, history)
-    evaluate = run.recipe.evaluate
-    summary = summarize_cv(predictions, run.classes, unit=evaluate.ci_unit, confidence=evaluate.confidence)
+    summary = summarize_run(predictions, run.classes, run.recipe)
     summary["image_wise"] = is_image_wise(run.manifest)
     atomic.write_json(paths.metrics, summary)
+    return summary
+
+
+def summarize_run(predictions: pd.DataFrame, classes: list[str], recipe: Recipe) -> dict:
+    """metrics.json: CV mean ± CI per metric, plus the recipe's aggregation levels and bootstrap CIs."""
+    evaluate = recipe.evaluate
+    summary = summarize_cv(predictions, classes, unit=evaluate.ci_unit, confidence=evaluate.confidence)
+    if evaluate.levels:
+        summary["levels"] = {
+            level: summarize_cv(
+                aggregate_predictions(predictions, classes, level, evaluate.aggregation),
+                classes,
+                unit=evaluate.ci_unit,
+                confidence=evaluate.confidence,
+            )
+            | {"aggregation": evaluate.aggregation}
+            for level in evaluate.levels
+        }
+    if evaluate.bootstrap_resamples:
+        first_round = predictions[predictions["round"] == predictions["round"].min()]
+        summary["bootstrap"] = bootstrap_metrics(
+            first_round,
+            classes,
+            evaluate.positive_class,
+            n_resamples=evaluate.bootstrap_resamples,
+            confidence=evaluate.confidence,
+            seed=recipe.cv.seed,
+        ) | {"round": int(first_round["round"].iloc[0])}
     return summary
