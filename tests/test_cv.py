@@ -192,3 +192,16 @@ def test_a_volume_model_is_refused_by_the_slice_pipeline_with_a_clear_message(ti
     with pytest.raises(CovidlensError, match="takes CT volumes"):
         run_cv(fast_recipe("model.name=ResNet3D-18"), tiny_ct, tmp_path / "run", show_progress=False)
     assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+@pytest.mark.parametrize(
+    ("model", "size", "channels"),
+    [("LinearSVM", 88, 1), ("MLP", 88, 1), ("SqueezeNet1.0-bypass", 64, 3), ("LightCNN", 64, 3), ("CORONet", 200, 1)],
+)
+def test_cv_trains_the_papers_other_models_through_model_name(tiny_ct, tmp_path, model, size, channels):
+    recipe = fast_recipe(f"model.name={model}", f"data.image_size={size}", f"data.channels={channels}",
+                         "train.epochs=1", "cv.folds=2")
+    summary = run_cv(recipe, tiny_ct, tmp_path / "run", show_progress=False)
+    predictions = pd.read_csv(tmp_path / "run" / "predictions.csv")
+    assert summary["model"] == model and summary["n_units"] == 2
+    assert predictions.filter(like="p_").sum(axis=1).round(5).eq(1).all()

@@ -93,3 +93,11 @@ def test_predicting_single_files_with_a_volume_model_is_refused(volume_run, tiny
     some_slice = next(tiny_volumes.rglob("0000.png"))
     with pytest.raises(CovidlensError, match="volume model"):
         predict_files(run_dir, [some_slice])
+
+
+def test_the_same_recipe_field_trains_a_2plus1d_network(tiny_volumes, tmp_path):
+    recipe = load_recipe("li2021", FAST + ["data.depth=4", "model.name=R(2+1)D-18", "train.epochs=1"])
+    summary = run_cv(recipe, tiny_volumes, tmp_path / "r2p1", show_progress=False)
+    assert summary["model"] == "R(2+1)D-18"
+    predictions = pd.read_csv(tmp_path / "r2p1" / "predictions.csv")
+    assert predictions["sample_id"].str.endswith(("@0000", "@0004")).all()  # depth-4 volumes

@@ -96,3 +96,11 @@ def test_printed_table_has_paper_002_layout_and_html_marks_the_best_and_escapes_
     flat = comparison_csv(rows)
     assert {"accuracy_estimate", "accuracy_low", "accuracy_high", "recall_p_value", "mcnemar_p"} <= set(flat.columns)
     assert len(flat) == 3
+
+
+def test_settings_columns_follow_the_given_order():
+    frames, *_ = groups()
+    settings = {name: {"batch_size": 8, "depth": i} for i, name in enumerate(frames)}
+    rows = comparison_rows(frames, settings, CLASSES, "NCP", n_resamples=20)
+    assert list(comparison_frame(rows, settings=["depth", "batch_size"]).columns[:2]) == ["depth", "batch_size"]
+    assert list(comparison_frame(rows).columns[:2]) == ["batch_size", "depth"]

@@ -58,6 +58,7 @@ HU_BONE = 700.0
 HU_VESSEL = 40.0
 HU_BRONCHUS_AIR = -920.0
 LUNG_WINDOW = (-600.0, 1500.0)  # level, width
+CHEST_WALL = 0.035  # muscle between the fat and the lungs, body units (about 6 mm on a 35 cm field)
 
 _SHIFT = 4  # fixed-point bits for sub-pixel polygon vertices in cv2 drawing calls
 _FIXED = float(1 << _SHIFT)
@@ -488,6 +489,9 @@ def render_hu_slice(phantom: Phantom, z: float, size: int) -> SliceRender:
     lung_px = [to_px @ lung_to_body(anatomy, side, z) for side in (0, 1)]
     for side in (0, 1):
         _fill(lung, lung_px[side], _lung_outline(anatomy, side), 1)
+    cavity = np.zeros_like(lung)  # the lungs never reach past the chest wall (muscle and ribs)
+    _fill(cavity, to_px, _body_section(anatomy, z, anatomy.fat + CHEST_WALL), 1)
+    lung &= cavity
     carve = _carved_structures(anatomy, z, lung_px)
     for pts, m, _ in carve:
         _fill(lung, m, pts, 0)
@@ -502,22 +506,25 @@ def render_hu_slice(phantom: Phantom, z: float, size: int) -> SliceRender:
     return SliceRender(hu, in_lung, lesion)
 
 
-def _draw_body(hu: np.ndarray, to_px: np.ndarray, anatomy: Anatomy, z: float) -> None:
-    """Table, body outline with fat rim and soft tissue."""
+def _body_section(anatomy: Anatomy, z: float, inset: float) -> np.ndarray:
+    """The body's cross-section at height z shrunk by `inset` (0: the skin), flattened at the back."""
     a, b = anatomy.body_axes
     a *= 0.95 + 0.05 * z
-    cy = anatomy.body_cy
-    back = cy + b * 0.9  # supine: the back is flattened on the table
+    back = anatomy.body_cy + b * 0.9  # supine: the back is flattened on the table
+    outline = _ellipse(0.0, anatomy.body_cy, a - inset, b - inset, n=72)
+    outline[:, 1] = np.minimum(outline[:, 1], back - inset)
+    return outline
+
+
+def _draw_body(hu: np.ndarray, to_px: np.ndarray, anatomy: Anatomy, z: float) -> None:
+    """Table, body outline with fat rim and soft tissue."""
+    back = anatomy.body_cy + anatomy.body_axes[1] * 0.9
     table = np.array([[-0.95, back + 0.04], [0.95, back + 0.04], [0.95, back + 0.1], [-0.95, back + 0.1]])
     _fill(hu, to_px, table, -300.0)
     top_edge = table[[0, 1, 1, 0]] + np.array([[0, -0.005], [0, -0.005], [0, 0.008], [0, 0.008]])
     _fill(hu, to_px, top_edge, 200.0)
-    outline = _ellipse(0.0, cy, a, b, n=72)
-    outline[:, 1] = np.minimum(outline[:, 1], back)
-    _fill(hu, to_px, outline, HU_FAT)
-    inner = _ellipse(0.0, cy, a - anatomy.fat, b - anatomy.fat, n=72)
-    inner[:, 1] = np.minimum(inner[:, 1], back - anatomy.fat)
-    _fill(hu, to_px, inner, HU_SOFT)
+    _fill(hu, to_px, _body_section(anatomy, z, 0.0), HU_FAT)
+    _fill(hu, to_px, _body_section(anatomy, z, anatomy.fat), HU_SOFT)
 
 
 def _lung_outline(anatomy: Anatomy, side: int, n: int = 72) -> np.ndarray:

@@ -69,13 +69,14 @@ def _correct(predictions: pd.DataFrame, classes: Sequence[str]) -> np.ndarray:
     return predicted_indices(probs) == y_true
 
 
-def comparison_frame(rows: Sequence[dict], html: bool = False) -> pd.DataFrame:
+def comparison_frame(rows: Sequence[dict], html: bool = False, settings: Sequence[str] | None = None) -> pd.DataFrame:
     """The printed table: settings columns, then 'value*** (low, high)' per metric, plus McNemar's p against
-    the first row. With html=True the cells are HTML (settings escaped, the best value of a column bold)."""
+    the first row. With html=True the cells are HTML (settings escaped, the best value of a column bold).
+    `settings` orders the settings columns (a JSON round trip sorts the keys); default: the rows' order."""
     best = {m: _best(rows, m) for m in TABLE_METRICS}
     records = []
     for row in rows:
-        record = {key: _plain_setting(value, html) for key, value in row["settings"].items()}
+        record = {key: _plain_setting(row["settings"][key], html) for key in settings or row["settings"]}
         for metric, (header, _) in TABLE_METRICS.items():
             ci = row["metrics"][metric]
             text = format_bootstrap_ci(ci, stars=ci["stars"], value=TABLE_VALUE)

@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def _png(figure) -> bytes:
@@ -30,6 +31,7 @@ def training_curves(history: pd.DataFrame) -> bytes:
         ax.plot(mean.index, mean[f"train_{metric}"], color="tab:blue", lw=2, label="train (mean)")
         ax.plot(mean.index, mean[f"val_{metric}"], color="tab:orange", lw=2, label="validation (mean)")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend()

@@ -243,7 +243,7 @@ def build_sweep_report(sweep_dir: Path) -> str:
         "grid": html.escape(grid),
         "cv": html.escape(validation_text(config["cv"])),
         "caption": html.escape(sweep_caption(results)),
-        "table": comparison_frame(results["rows"], html=True).to_html(
+        "table": comparison_frame(results["rows"], html=True, settings=[a["label"] for a in results["grid"]]).to_html(
             border=0, classes="grid", escape=False, index=False
         ),
         "cells": "\n".join(cells),
