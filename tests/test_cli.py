@@ -90,3 +90,12 @@ def test_help_explains_each_command():
 def test_operating_system_errors_are_one_line(tiny_ct, tmp_path):
     (tmp_path / "a_folder").mkdir()
     assert_one_line_error(covidlens("index", tiny_ct, "-o", tmp_path / "a_folder"), "a_folder")
+
+
+def test_usage_errors_exit_2_without_a_traceback(tmp_path):
+    result = covidlens("synth", "ct-volumes", tmp_path / "out", "--slices", "4")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "No such option: --slices" in result.stderr
+    missing = covidlens("cv")
+    assert missing.returncode == 2 and "Missing argument" in missing.stderr and "Traceback" not in missing.stderr
+    assert not (tmp_path / "out").exists()

@@ -7,7 +7,6 @@ import warnings
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from rich.console import Console
 
@@ -218,6 +217,88 @@ def predict(
 
 
 @app.command()
+def explain(
+    model: Annotated[Path, typer.Argument(help="run directory (fold model 0; see --fold-model) or a checkpoint .pt")],
+    paths: Annotated[
+        list[Path],
+        typer.Argument(help="image files and/or folders; for a volume model (data.depth), scan folders of slices"),
+    ],
+    method: Annotated[str, typer.Option(help="cam, gradcam, gradcampp or smoothgradcampp")] = "gradcam",
+    layer: Annotated[str | None, typer.Option(help="target module name (default: the model's CAM layer)")] = None,
+    target: Annotated[str, typer.Option(help="class to explain: predicted, a class name or index")] = "predicted",
+    output: Annotated[Path, typer.Option("-o", "--output", help="folder for PNG, NPY and CSV")] = Path("explanations"),
+    evaluate: Annotated[
+        bool, typer.Option("--evaluate", help="score maps against lesion masks, trained vs randomized weights")
+    ] = False,
+    fold_model: Annotated[int, typer.Option(help="which fold model of a run directory, from 0")] = 0,
+    start: Annotated[int, typer.Option(help="volume models: first slice of each scan to take")] = 0,
+    batch_size: Annotated[int, typer.Option(help="inputs per forward pass")] = 8,
+    seed: Annotated[int, typer.Option(help="seed of Smooth Grad-CAM++'s noise and of the randomized weights")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "cpu",
+) -> None:
+    """Class activation maps (CAM, Grad-CAM, Grad-CAM++, Smooth Grad-CAM++) as overlays and arrays."""
+    from rich.table import Table
+
+    from covidlens.explain.pipeline import explain_paths
+
+    result = explain_paths(
+        model, paths, output, method=method, layer=layer, target=target, evaluate=evaluate,
+        fold_model=fold_model, start=start, batch_size=batch_size, device=device, seed=seed,
+    )
+    if result.summary is None:
+        return
+    table = Table(title="lesion localization: trained vs randomized weights")
+    headers = ("method", "model", "images", "energy in lesion", "lesion area", "pointing hits", "Spearman t-vs-r")
+    for header in headers:
+        table.add_column(header, justify="left" if header in ("method", "model") else "right")
+    for row in result.summary.itertuples():
+        table.add_row(
+            row.method, row.model, str(row.images), f"{row.energy_share:.3f}", f"{row.lesion_fraction:.3f}",
+            f"{row.pointing_hit_rate:.2f}", f"{row.spearman_trained_vs_randomized:.2f}",
+        )
+    out_console.print(table)
+    out_console.print(
+        "energy in lesion: share of the map's sum inside the lesion mask (a uniform map scores the lesion area); "
+        "pointing hits: share of maps whose maximum falls on the lesion; Spearman t-vs-r near 1 means the map "
+        "ignores what the model learned."
+    )
+
+
+@app.command()
+def activations(
+    model: Annotated[Path, typer.Argument(help="run directory (fold model 0; see --fold-model) or a checkpoint .pt")],
+    image: Annotated[
+        Path, typer.Argument(help="an image file; for a volume model (data.depth), a scan folder of numbered slices")
+    ],
+    layers: Annotated[
+        str | None, typer.Option(help="comma-separated module names, e.g. layer1.0.conv1,layer3 (default: features)")
+    ] = None,
+    every: Annotated[
+        int | None, typer.Option(help="every N-th convolution, from the first; the last one is always shown")
+    ] = None,
+    filters: Annotated[int, typer.Option(help="filter maps per layer grid")] = 16,
+    top: Annotated[
+        bool, typer.Option("--top", help="show the most active filters (highest mean activation), not the first")
+    ] = False,
+    output: Annotated[Path, typer.Option("-o", "--output", help="folder for the PNGs")] = Path("activations"),
+    fold_model: Annotated[int, typer.Option(help="which fold model of a run directory, from 0")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "cpu",
+) -> None:
+    """Intermediate activation maps (paper 000, Fig. 2): a grid of filter outputs per layer, and an overview."""
+    if not image.exists():  # before importing torch: a typo is answered at once
+        raise CovidlensError(f"{image}: no such image file or scan folder")
+    from covidlens.explain.activations import write_activation_maps
+
+    names = [name.strip() for name in layers.split(",") if name.strip()] if layers is not None else None
+    if layers is not None and not names:
+        raise CovidlensError("--layers is empty; give module names separated by commas")
+    write_activation_maps(
+        model, image, output, layers=names, every=every, filters=filters, most_active=top,
+        fold_model=fold_model, device=device,
+    )
+
+
+@app.command()
 def models(
     family: Annotated[str | None, typer.Option(help="only this family (e.g. efficientnet, densenet, resnet)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
@@ -294,10 +375,14 @@ def main() -> None:
         where = f"{exc.filename}: " if exc.filename else ""
         console.print(f"[red]error:[/] {where}{exc.strerror or exc}", soft_wrap=True, highlight=False)
         sys.exit(2)
-    except click.exceptions.ClickException as exc:
-        exc.show()
+    except typer.TyperException as exc:  # a usage error: unknown option, missing argument, bad value
+        show = getattr(exc, "show", None)
+        if show is not None:
+            show()
+        else:
+            console.print(f"[red]error:[/] {exc.format_message()}", soft_wrap=True, highlight=False)
         sys.exit(exc.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         console.print("interrupted; rerun the same command to resume")
         sys.exit(130)
 
