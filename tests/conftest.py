@@ -28,3 +28,17 @@ def tiny_volumes(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny") / "volumes"
     synthesize("ct-volumes", out, **TINY_VOLUMES)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A folder with `data/` (9 synthetic patients of 3-4 64x64 slices, lesion masks beside them) and `run/`, a
+    finished 1-epoch 2-fold run of the demo recipe: two fold models (r00-f0.pt, r00-f1.pt) sharing one class list."""
+    from covidlens.config import load_recipe
+    from covidlens.train.cv import run_cv
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    synthesize("ct-slices", root / "data", patients=9, seed=0, size=64, slices=(3, 4))
+    recipe = load_recipe("demo", ["data.image_size=64", "train.epochs=1", "cv.folds=2", "train.threads=1"])
+    run_cv(recipe, root / "data", root / "run", show_progress=False)
+    return root

@@ -25,7 +25,6 @@ from covidlens.explain.pipeline import explain_paths, parse_target, unique_names
 from covidlens.explain.render import draw_overlay, save_montage, save_overlay
 from covidlens.models import create_model
 from covidlens.train.checkpoint import save_checkpoint
-from covidlens.train.cv import run_cv
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -441,15 +440,6 @@ def test_target_parsing_and_unique_names():
     with pytest.raises(CovidlensError, match="--target 3: not 'predicted'"):
         parse_target("3", classes)
     assert unique_names(["a", "b", "a", "a"]) == ["a", "b", "a-2", "a-3"]
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("explain")
-    synthesize("ct-slices", root / "data", patients=9, seed=0, size=64, slices=(3, 4))
-    recipe = load_recipe("demo", ["data.image_size=64", "train.epochs=1", "cv.folds=2", "train.threads=1"])
-    run_cv(recipe, root / "data", root / "run", show_progress=False)
-    return root
 
 
 def test_cli_writes_overlays_maps_table_and_evaluation(tiny_run, tmp_path):

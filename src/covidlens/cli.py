@@ -5,13 +5,16 @@ from __future__ import annotations
 import sys
 import warnings
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from covidlens.errors import CovidlensError
 from covidlens.progress import console
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 app = typer.Typer(
     help="Reproduce, compare, explain and deploy COVID-19 classifiers of chest CT on one honest pipeline.",
@@ -24,12 +27,16 @@ out_console = Console() if sys.stdout.isatty() else Console(width=160)  # stdout
 
 @app.command()
 def synth(
-    kind: Annotated[str, typer.Argument(help="ct-slices (paper 000's layout) or ct-volumes (CC-CCII's layout)")],
+    kind: Annotated[
+        str, typer.Argument(help="ct-slices (paper 000's layout), ct-volumes (CC-CCII's) or cxr (paper 003's X-rays)")
+    ],
     out: Annotated[Path, typer.Argument(help="new folder to write the dataset into")],
-    patients: Annotated[int, typer.Option(help="number of patients, in the layout's class proportions")] = 60,
+    patients: Annotated[
+        int, typer.Option(help="number of patients (cxr: training images), in the layout's class proportions")
+    ] = 60,
     seed: Annotated[int, typer.Option(help="random seed; the same seed gives byte-identical files")] = 0,
     difficulty: Annotated[float, typer.Option(help="0 = obvious findings, 1 = very subtle")] = 0.5,
-    size: Annotated[int, typer.Option(help="slice side in pixels")] = 512,
+    size: Annotated[int, typer.Option(help="slice side in pixels (cxr: the largest image side)")] = 512,
     min_slices: Annotated[int | None, typer.Option(help="fewest slices per patient (per scan for volumes)")] = None,
     max_slices: Annotated[int | None, typer.Option(help="most slices per patient (per scan for volumes)")] = None,
     image_format: Annotated[
@@ -226,7 +233,13 @@ def explain(
     method: Annotated[str, typer.Option(help="cam, gradcam, gradcampp or smoothgradcampp")] = "gradcam",
     layer: Annotated[str | None, typer.Option(help="target module name (default: the model's CAM layer)")] = None,
     target: Annotated[str, typer.Option(help="class to explain: predicted, a class name or index")] = "predicted",
-    output: Annotated[Path, typer.Option("-o", "--output", help="folder for PNG, NPY and CSV")] = Path("explanations"),
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "-o", "--output",
+            help="folder for PNG, NPY and CSV (default: RUN/explanations/<method> for a run, else explanations)",
+        ),
+    ] = None,
     evaluate: Annotated[
         bool, typer.Option("--evaluate", help="score maps against lesion masks, trained vs randomized weights")
     ] = False,
@@ -237,8 +250,7 @@ def explain(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "cpu",
 ) -> None:
     """Class activation maps (CAM, Grad-CAM, Grad-CAM++, Smooth Grad-CAM++) as overlays and arrays."""
-    from rich.table import Table
-
+    from covidlens.explain.heatmap_stats import LOCALIZATION_NOTE, localization_frame
     from covidlens.explain.pipeline import explain_paths
 
     result = explain_paths(
@@ -247,21 +259,50 @@ def explain(
     )
     if result.summary is None:
         return
-    table = Table(title="lesion localization: trained vs randomized weights")
-    headers = ("method", "model", "images", "energy in lesion", "lesion area", "pointing hits", "Spearman t-vs-r")
-    for header in headers:
-        table.add_column(header, justify="left" if header in ("method", "model") else "right")
-    for row in result.summary.itertuples():
-        table.add_row(
-            row.method, row.model, str(row.images), f"{row.energy_share:.3f}", f"{row.lesion_fraction:.3f}",
-            f"{row.pointing_hit_rate:.2f}", f"{row.spearman_trained_vs_randomized:.2f}",
-        )
-    out_console.print(table)
-    out_console.print(
-        "energy in lesion: share of the map's sum inside the lesion mask (a uniform map scores the lesion area); "
-        "pointing hits: share of maps whose maximum falls on the lesion; Spearman t-vs-r near 1 means the map "
-        "ignores what the model learned."
+    _print_frame(localization_frame(result.summary), "lesion localization: trained vs randomized weights")
+    out_console.print(LOCALIZATION_NOTE)
+
+
+@app.command()
+def gallery(
+    models: Annotated[
+        list[Path], typer.Argument(help="run directories (fold model 0) or checkpoints .pt; the first is the base")
+    ],
+    data: Annotated[list[Path], typer.Option(help="image files and/or folders to pick from (repeat --data)")],
+    positive: Annotated[str, typer.Option(help="the positive class, e.g. COVID")],
+    per_class: Annotated[int, typer.Option(help="images of the positive class, and as many of the others")] = 3,
+    method: Annotated[str, typer.Option(help="cam, gradcam, gradcampp or smoothgradcampp")] = "gradcam",
+    target: Annotated[str, typer.Option(help="class to explain: predicted, a class name or index")] = "predicted",
+    output: Annotated[
+        Path | None,
+        typer.Option("-o", "--output", help="folder (default: RUN/explanations/gallery for a run, else gallery)"),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="seed of the image choice (and of Smooth Grad-CAM++'s noise)")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "cpu",
+) -> None:
+    """Paper 000's Fig. 1: positive and negative images with every model's map, and its heatmap-intensity analysis."""
+    from covidlens.explain.gallery import run_gallery
+    from covidlens.explain.heatmap_stats import INTENSITY_NOTE, intensity_frame
+
+    result = run_gallery(
+        models, data, positive, output, per_class=per_class, method=method, target=target, seed=seed, device=device
     )
+    base = result.intensities["base_model"].iloc[0]
+    _print_frame(intensity_frame(result.summary), f"mean map intensity inside the base model's ({base}) mask")
+    out_console.print(INTENSITY_NOTE.format(base=base))
+
+
+def _print_frame(frame: pd.DataFrame, title: str) -> None:
+    """Print a table of strings: text columns left-aligned, numbers right-aligned."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in frame.columns:
+        numeric = frame[column].str.match(r"^[-+]?(\d|nan)").all()
+        table.add_column(str(column), justify="right" if numeric else "left")
+    for row in frame.itertuples(index=False):
+        table.add_row(*map(str, row))
+    out_console.print(table)
 
 
 @app.command()

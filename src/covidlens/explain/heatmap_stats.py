@@ -178,6 +178,12 @@ LOCALIZATION_NOTE = (
     "ignores what the model learned."
 )
 
+INTENSITY_NOTE = (
+    "Per image, the base model's ({base}) map gives the mask of its pixels above mean + 1 SD (paper 000); each "
+    "value is the mean ± SD over images of a model's mean map intensity (0 to 1) inside that mask. The base model "
+    "scores high by construction; a lower value means a model highlights other regions than the base model."
+)
+
 
 def localization_frame(summary: pd.DataFrame) -> pd.DataFrame:
     """`summarize_localization`'s table with display headers and rounded values, as the CLI and report show it."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+from collections import Counter
 from importlib import resources
 from pathlib import Path
 
@@ -25,8 +26,8 @@ from covidlens.evaluate.compare import format_bootstrap_ci
 from covidlens.report import figures
 
 
-def _table(frame: pd.DataFrame) -> str:
-    return frame.to_html(border=0, classes="grid", escape=True)
+def _table(frame: pd.DataFrame, index: bool = True) -> str:
+    return frame.to_html(border=0, classes="grid", escape=True, index=index)
 
 
 def _image(png: bytes, alt: str) -> str:
@@ -126,6 +127,62 @@ def levels_section(summary: dict) -> str:
     )
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CovidlensError(f"{path}: damaged ({type(exc).__name__}); rerun the command that wrote it") from None
+
+
+def explanations_section(run_dir: Path) -> str:
+    """Lesion localization of `<run>/explanations/<method>/evaluation.json` and the gallery, if any were made."""
+    folder = run_dir / "explanations"
+    evaluations = sorted(folder.glob("*/evaluation.json"))
+    gallery = folder / "gallery"
+    has_gallery = (gallery / "gallery.json").is_file() and (gallery / "gallery.png").is_file()
+    if not evaluations and not has_gallery:
+        return ""
+    from covidlens.explain.heatmap_stats import (  # torch-free runs' reports need none of this
+        INTENSITY_NOTE,
+        LOCALIZATION_NOTE,
+        intensity_frame,
+        localization_frame,
+    )
+
+    parts = ["<h2>Explanations</h2>"]
+    if evaluations:
+        parts.append(
+            "<h3>Lesion localization</h3><p>Maps of the inputs with a lesion mask, from the trained model and from "
+            "a copy with re-initialized weights (Adebayo et al.'s randomization test). "
+            f"{html.escape(LOCALIZATION_NOTE[0].upper() + LOCALIZATION_NOTE[1:])}</p>"
+        )
+    for path in evaluations:
+        info = _read_json(path)
+        parts.append(
+            f"<p>{html.escape(path.parent.name)}/: {html.escape(info['model'])}, layer "
+            f"{html.escape(info['layer'])}, {info['inputs_with_lesion']} of {info['inputs']} inputs with a lesion.</p>"
+            + _table(localization_frame(pd.DataFrame(info["summary"])), index=False)
+        )
+    if has_gallery:
+        info = _read_json(gallery / "gallery.json")
+        models = ", ".join(f"{m['name']} ({m['architecture']})" for m in info["models"])
+        groups = Counter(image["group"] for image in info["images"])
+        parts.append(
+            f"<h3>Gallery: {html.escape(info['method_title'])} of {len(info['models'])} model(s)</h3>"
+            f"<p>Models: {html.escape(models)}; the first is the base model. Rows: {groups['positive']} "
+            f"{html.escape(info['positive'])} images, then {groups['negative']} of other classes; columns: the "
+            "image, then each model's map with its prediction (paper 000's Fig. 1).</p>"
+            + _image((gallery / "gallery.png").read_bytes(), "gallery of class activation maps")
+        )
+        summary = gallery / "heatmap_intensity_summary.csv"
+        if summary.is_file():
+            parts.append(
+                f"<p>{html.escape(INTENSITY_NOTE.format(base=info['base_model']))}</p>"
+                + _table(intensity_frame(pd.read_csv(summary, keep_default_na=False)), index=False)
+            )
+    return "\n".join(parts)
+
+
 def validation_text(cv: dict) -> str:
     """How the run validated its models, in words."""
     if cv.get("split") == "fixed":
@@ -183,6 +240,7 @@ def build_report(run_dir: Path) -> str:
             "confusion matrices",
         ),
         "curves": _image(figures.training_curves(history), "training curves"),
+        "explanations": explanations_section(run_dir),
         "extra_results": bootstrap_section(summary) + levels_section(summary),
         "config": html.escape(yaml.safe_dump(config, sort_keys=False)),
     }
