@@ -45,7 +45,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFram
 
 
 def test_registry_holds_only_implemented_kinds() -> None:
-    assert SYNTH_KINDS.names() == ["ct-slices", "ct-volumes"]
+    assert SYNTH_KINDS.names() == ["ct-slices", "ct-volumes", "cxr"]  # cxr: tests/test_cxr.py
     assert SYNTH_KINDS.get("ct-slices") is synth_ct_slices
     assert SYNTH_KINDS.get("ct-volumes") is synth_ct_volumes
 

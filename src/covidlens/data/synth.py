@@ -1093,3 +1093,7 @@ def _write_record(
         **options,
     }
     write_json(out / "synth.json", record)
+
+
+# The chest X-ray kind lives in its own module; importing it here registers "cxr" wherever SYNTH_KINDS is used.
+from covidlens.data import synth_cxr as _synth_cxr  # noqa: E402, F401
