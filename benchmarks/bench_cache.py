@@ -20,6 +20,7 @@ import torch
 from covidlens.config import load_recipe
 from covidlens.data.cache import DecodedImages, build_cache
 from covidlens.data.index import index_dataset
+from covidlens.data.preprocess import Preprocessing
 from covidlens.data.synth import synthesize
 from covidlens.models import create_model
 from covidlens.train.trainer import fit
@@ -51,10 +52,10 @@ def main() -> None:
         labels = manifest["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
         paths = manifest["path"].tolist()
         start = time.perf_counter()
-        cached = build_cache(paths, args.size, Path(tmp) / "cache")
+        cached = build_cache(paths, Preprocessing(args.size), Path(tmp) / "cache")
         build_seconds = time.perf_counter() - start
         with_cache = images_per_second(cached, labels, recipe, args.epochs)
-        without_cache = images_per_second(DecodedImages(paths, args.size), labels, recipe, args.epochs)
+        without_cache = images_per_second(DecodedImages(paths, Preprocessing(args.size)), labels, recipe, args.epochs)
     print(
         f"{len(paths)} slices of 512x512 -> {args.size}x{args.size} px, "
         f"model {recipe.model.name}, {args.epochs} epochs"

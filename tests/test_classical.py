@@ -16,6 +16,7 @@ from covidlens.models.classical import (
     make_linear_svm,
     make_mlp,
 )
+from covidlens.models.registry import model_option_names
 from covidlens.train.trainer import fit, predict_proba, training_loss
 
 CPU = torch.device("cpu")
@@ -142,3 +143,63 @@ def test_trains_through_the_trainer_on_a_separable_toy_set(model_factory, channe
     assert result.history["train_accuracy"].iloc[-1] > 0.9
     probs = predict_proba(model, source, train, 8, channels, CPU)
     assert (probs.argmax(1) == labels[train]).mean() > 0.9
+
+
+def test_options_reach_the_builders_and_are_checked_against_their_signatures():
+    svm = create_model("LinearSVM", num_classes=4, in_chans=1, options={"c": 1, "epsilon": 0.001, "epochs": 20})
+    assert (svm.c, svm.epsilon, svm.epochs) == (1.0, 0.001, 20) and isinstance(svm.c, float)
+    mlp = create_model("MLP", num_classes=3, in_chans=1, options={"hidden": 16})
+    assert [m.out_features for m in mlp.modules() if isinstance(m, torch.nn.Linear)] == [16, 16, 3]
+    assert model_option_names("LinearSVM") == ["c", "epsilon", "epochs", "height", "width"]
+    assert model_option_names("MLP") == ["hidden", "height", "width"] and model_option_names("CORONet") == []
+    with pytest.raises(CovidlensError, match="LinearSVM has no option C, lr; its options are c, epsilon, epochs"):
+        create_model("LinearSVM", num_classes=4, options={"C": 0.1, "lr": 1})
+    with pytest.raises(CovidlensError, match="CORONet has no option width; it takes no options"):
+        create_model("CORONet", num_classes=4, options={"width": 2})
+    with pytest.raises(CovidlensError, match="model.options.hidden: 'wide' is not a valid int for MLP"):
+        create_model("MLP", num_classes=4, options={"hidden": "wide"})
+    with pytest.raises(CovidlensError, match="model.options.epochs: 2.5 is not a valid int"):
+        create_model("LinearSVM", num_classes=4, options={"epochs": 2.5})
+    with pytest.raises(CovidlensError, match="model.options.epochs: 0 must be above 0"):
+        create_model("LinearSVM", num_classes=4, options={"epochs": 0})
+    with pytest.raises(CovidlensError, match="model.options.drop_rate: not an option; .* model.drop_rate"):
+        create_model("MLP", num_classes=4, options={"drop_rate": 0.5})
+
+
+def test_timm_models_get_their_options_unchecked_and_refuse_unknown_ones():
+    assert model_option_names("test_resnet") is None
+    model = create_model("test_resnet", num_classes=3, in_chans=1, options={"global_pool": "max"})
+    assert model.global_pool.pool_type == "max"
+    with pytest.raises(CovidlensError, match="timm's test_resnet does not take no_such_option"):
+        create_model("test_resnet", num_classes=3, options={"no_such_option": 1})
+
+
+def test_batch_of_one_trains_the_svm_image_by_image_as_the_paper_loops():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 2, 2)).astype(np.uint8)  # an odd count: no image is left out
+    labels = np.array([0, 1, 2, 1, 0])
+    c, epsilon, epochs = 0.5, 0.1, 10
+    config = TrainConfig(
+        epochs=1, batch_size=1, optimizer=OptimizerConfig(name="sgd", lr=1.0, momentum=0.0), restore_best=False
+    )
+    svm = create_model("LinearSVM", num_classes=3, in_chans=1, options={"c": c, "epsilon": epsilon, "epochs": epochs})
+    svm.in_features = 4  # the 88 px layer swapped for a 2 x 2 one, started at zero as the paper does
+    svm.linear = torch.nn.Linear(4, 3)
+    torch.nn.init.zeros_(svm.linear.weight)
+    torch.nn.init.zeros_(svm.linear.bias)
+    rows = np.arange(5)
+    fit(svm, CachedImages(images), labels, rows, rows, config, channels=1, seed=3, device=CPU)
+    order = torch.randperm(5, generator=torch.Generator().manual_seed(3)).numpy()  # the trainer's epoch order
+    w, b = [[0.0] * 4 for _ in range(3)], [0.0] * 3
+    for row in order:
+        w, b = paper_rule(w, b, (images[row].reshape(-1) / 255.0).tolist(), int(labels[row]), c, epsilon, epochs)
+    np.testing.assert_allclose(svm.linear.weight.detach().numpy(), w, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(svm.linear.bias.detach().numpy(), b, rtol=1e-5, atol=1e-7)
+
+
+def test_flattening_models_are_sized_by_the_runs_input_unless_the_options_say_otherwise():
+    svm = create_model("LinearSVM", num_classes=4, in_chans=1, input_shape=(50, 70))
+    assert svm.linear.in_features == 50 * 70
+    mlp = create_model("MLP", num_classes=4, in_chans=2, input_shape=(50, 70), options={"height": 10, "width": 10})
+    assert mlp.hidden1[0].in_features == 2 * 10 * 10
+    assert create_model("MLP", num_classes=4, in_chans=1).hidden1[0].in_features == 88 * 88

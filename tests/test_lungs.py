@@ -20,7 +20,7 @@ from covidlens.data.lungs import (
     mask_outside_lungs,
     segment_lungs,
 )
-from covidlens.data.preprocess import DEFAULT_HU_WINDOW, window_hu
+from covidlens.data.preprocess import DEFAULT_HU_WINDOW, Preprocessing, window_hu
 from covidlens.errors import CovidlensError
 
 SEED = 5
@@ -260,8 +260,8 @@ def test_decoded_images_with_lung_mask_are_black_outside_the_lungs(tmp_path) -> 
     case = next(c for c in cases if c.label == "COVID" and c.lesion.any() and c.z == 0.5)
     path = tmp_path / "slice.png"
     assert cv2.imwrite(str(path), np.round(case.unit * 255).astype(np.uint8))
-    masked = DecodedImages([str(path)], 64, lung_mask=True).get([0])[0]
-    plain = DecodedImages([str(path)], 64).get([0])[0]
+    masked = DecodedImages([str(path)], Preprocessing(64, lung_mask=True)).get([0])[0]
+    plain = DecodedImages([str(path)], Preprocessing(64)).get([0])[0]
     assert masked.shape == (64, 64) and masked.dtype == np.uint8
     # a 64 px pixel is a 4x4 block of the 256 px slice: blocks with no lung at all must be black
     near_lung = cv2.resize(case.lung.astype(np.float32), (64, 64), interpolation=cv2.INTER_AREA) > 0

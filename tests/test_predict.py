@@ -1,9 +1,11 @@
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from covidlens.config import load_recipe
-from covidlens.deploy.predict import checkpoints_of, collect_inputs, predict_files
+from covidlens.deploy.predict import checkpoints_of, collect_inputs, predict_files, submission_table
 from covidlens.errors import CovidlensError
 from covidlens.train.checkpoint import load_checkpoint
 from covidlens.train.cv import run_cv
@@ -63,3 +65,45 @@ def test_bad_inputs(run_dir, tmp_path):
     junk.write_bytes(b"junk")
     with pytest.raises(CovidlensError, match="not a readable covidlens checkpoint"):
         load_checkpoint(junk)
+
+
+@pytest.fixture(scope="module")
+def competition(tmp_path_factory):
+    """Paper 003's competition layout: 26 training images and 11 unlabelled test images, Ids 0-10."""
+    from covidlens.data.synth import synthesize
+
+    out = tmp_path_factory.mktemp("competition") / "cxr"
+    synthesize("cxr", out, patients=26, seed=1, size=64)
+    return out
+
+
+def test_submission_has_one_row_per_test_image_sorted_by_id(run_dir, competition, tmp_path):
+    from cli_helpers import covidlens
+    from covidlens.data.adapters.cxr_competition import competition_test_images, competition_test_labels
+
+    test_images = competition_test_images(competition)
+    assert {p.suffix for p in test_images} == {".png", ".jpeg"}  # Id is the name without either extension
+    out = tmp_path / "submission.csv"
+    result = covidlens("predict", run_dir, competition / "test", "--format", "submission", "-o", out, "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    submission = pd.read_csv(out, dtype=str)
+    assert list(submission.columns) == ["Id", "label"]
+    assert list(submission["Id"]) == [str(i) for i in range(11)]  # natural order: 2 before 10
+    assert set(submission["Id"]) == set(competition_test_labels(competition)["Id"].astype(str))
+    table = predict_files(run_dir, test_images, device="cpu")
+    classes = ["COVID", "Healthy", "Others"]
+    argmax = table[[f"p_{name}" for name in classes]].to_numpy().argmax(1)
+    expected = {Path(path).stem: classes[i] for path, i in zip(table["path"], argmax, strict=True)}
+    assert set(submission["label"]) <= set(classes)
+    assert dict(zip(submission["Id"], submission["label"], strict=True)) == expected
+
+
+def test_submission_refuses_two_images_with_one_id_and_an_unknown_format(run_dir, tmp_path):
+    from cli_helpers import assert_one_line_error, covidlens
+
+    table = pd.DataFrame({"path": ["a/7.png", "b/7.jpeg", "a/1.png"], "predicted": ["x", "y", "x"]})
+    with pytest.raises(CovidlensError, match="Id '7' names more than one image"):
+        submission_table(table)
+    assert submission_table(table.iloc[[0, 2]]).to_dict("list") == {"Id": ["1", "7"], "label": ["x", "x"]}
+    result = covidlens("predict", run_dir, tmp_path, "--format", "kaggle", "-o", tmp_path / "s.csv")
+    assert_one_line_error(result, "--format 'kaggle'", "table or submission")

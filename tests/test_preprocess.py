@@ -4,6 +4,7 @@ import pytest
 
 from covidlens.data.cache import DecodedImages, build_cache, cache_key
 from covidlens.data.preprocess import (
+    Preprocessing,
     load_gray_uint8,
     read_image,
     to_gray,
@@ -66,15 +67,16 @@ def test_cache_matches_decoding_and_is_reused(tmp_path):
         path = tmp_path / f"{i}.png"
         cv2.imwrite(str(path), rng.integers(0, 255, (40, 50), dtype=np.uint8))
         paths.append(str(path))
-    cached = build_cache(paths, 16, tmp_path / "cache")
-    decoded = DecodedImages(paths, 16)
+    cached = build_cache(paths, Preprocessing(16), tmp_path / "cache")
+    decoded = DecodedImages(paths, Preprocessing(16))
     np.testing.assert_array_equal(cached.get([4, 0, 2]), decoded.get([4, 0, 2]))
     files = list((tmp_path / "cache").glob("*.npy"))
     assert len(files) == 1
     mtime = files[0].stat().st_mtime_ns
-    build_cache(paths, 16, tmp_path / "cache")
+    build_cache(paths, Preprocessing(16), tmp_path / "cache")
     assert files[0].stat().st_mtime_ns == mtime  # reused, not rebuilt
-    key = cache_key(paths, 16, None)
+    key = cache_key(paths, Preprocessing(16))
     cv2.imwrite(paths[0], np.zeros((40, 51), np.uint8))
-    assert cache_key(paths, 16, None) != key
-    assert cache_key(paths, 32, None) != cache_key(paths, 16, None)
+    assert cache_key(paths, Preprocessing(16)) != key
+    assert cache_key(paths, Preprocessing(32)) != cache_key(paths, Preprocessing(16))
+    assert cache_key(paths, Preprocessing(16, clahe_clip=2.0)) != cache_key(paths, Preprocessing(16))

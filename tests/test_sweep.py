@@ -1,11 +1,13 @@
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from cli_helpers import assert_one_line_error, covidlens
 from covidlens.errors import CovidlensError
-from covidlens.train.sweep import cell_name, grid_cells, parse_grid, resolve_key, run_sweep
+from covidlens.train.checkpoint import load_checkpoint
+from covidlens.train.sweep import Sweep, cell_name, grid_cells, parse_grid, resolve_key, run_sweep
 
 FAST_VOLUMES = [
     "data.image_size=32",
@@ -84,7 +86,7 @@ def test_sweep_runs_the_grid_resumes_and_reports_the_table(tiny_volumes, tmp_pat
     assert table["depth"].tolist() == [2, 4]
     report = (out / "report.html").read_text()
     assert "Accuracy (95% CI)" in report and "Fisher" in report
-    assert report.count("<img") == 2 * 2  # confusion matrices and curves of each cell
+    assert report.count("<img") == 2 * 2 + 1  # confusion matrices and curves of each cell, the accuracy bars
     assert (out / "runs" / "depth=4" / "report.html").is_file()
 
     checkpoint = out / "runs" / "depth=2" / "checkpoints" / "r00-f0.pt"
@@ -96,3 +98,51 @@ def test_sweep_runs_the_grid_resumes_and_reports_the_table(tiny_volumes, tmp_pat
 
     other = covidlens(*sweep_args(tiny_volumes, out, "depth=2,8"))
     assert_one_line_error(other, "another recipe", str(out))
+
+
+def test_model_options_are_grid_keys_labelled_by_their_name():
+    assert resolve_key("model.options.c") == "model.options.c"
+    with pytest.raises(CovidlensError, match="model.options.<name>"):
+        resolve_key("model.options.")
+    axes = parse_grid(["model.options.c=0.1,0.01", "model.options.epsilon=1e-3,1e-4"])
+    assert [(a.key, a.label) for a in axes] == [("model.options.c", "c"), ("model.options.epsilon", "epsilon")]
+    assert axes[1].values == (0.001, 0.0001)  # YAML 1.1 reads 1e-3 as text; the grid reads it as a number
+    cells = grid_cells(axes)
+    assert cell_name(axes, cells[1]) == "c=0.1_epsilon=0.0001"
+    sweep = Sweep(Path("unused"), "krivonos2020-svm", [], axes)
+    assert sweep.cell_recipe(cells[1]).model.options == {"c": 0.1, "epsilon": 0.0001, "epochs": 100}
+
+
+def test_an_unknown_model_option_stops_the_sweep_before_anything_is_written(tiny_ct, tmp_path):
+    with pytest.raises(CovidlensError, match="LinearSVM has no option gamma; its options are c, epsilon, epochs"):
+        run_sweep("krivonos2020-svm", ["model.options.gamma=1,2"], tiny_ct, tmp_path / "s")
+    assert not (tmp_path / "s").exists()
+
+
+def test_sweep_over_the_svm_c_compares_the_cells_in_a_column_named_c(tiny_ct, tmp_path):
+    out = tmp_path / "svm"
+    overrides = [
+        "data.classes=null", "cv.folds=2", "train.epochs=1", "train.batch_size=8", "train.threads=1",
+        "evaluate.positive_class=COVID", "evaluate.bootstrap_resamples=100",
+    ]
+    rows = run_sweep("krivonos2020-svm", ["model.options.c=0.1,0.01"], tiny_ct, out, overrides, show_progress=False)
+    assert [row["settings"] for row in rows] == [{"c": 0.1}, {"c": 0.01}]
+    assert pd.read_csv(out / "sweep.csv")["c"].tolist() == [0.1, 0.01]
+    for name, c in (("c=0.1", 0.1), ("c=0.01", 0.01)):
+        model, recipe, _ = load_checkpoint(out / "runs" / name / "checkpoints" / "r00-f0.pt")
+        assert model.c == c == recipe.model.options["c"]  # the checkpoint rebuilds the model with its options
+
+
+def test_a_recipe_axis_swaps_whole_recipes_per_cell(tmp_path):
+    axes = parse_grid(["recipe=krivonos2020-svm,krivonos2020-mlp", "data.resize=A,D"])
+    assert [a.key for a in axes] == ["recipe", "data.resize"]
+    sweep = Sweep(tmp_path / "s", "krivonos2020", ["train.epochs=1"], axes)
+    recipes = [sweep.cell_recipe(cell) for cell in sweep.cells]
+    assert [(r.name, r.model.name, r.data.resize) for r in recipes] == [
+        ("krivonos2020-svm", "LinearSVM", "A"),
+        ("krivonos2020-svm", "LinearSVM", "D"),
+        ("krivonos2020-mlp", "MLP", "A"),
+        ("krivonos2020-mlp", "MLP", "D"),
+    ]
+    assert all(r.train.epochs == 1 for r in recipes)
+    assert sweep.names[0] == "recipe=krivonos2020-svm_resize=A"

@@ -1,3 +1,5 @@
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -5,6 +7,7 @@ from torch import nn
 
 from covidlens.config import SchedulerConfig, TrainConfig
 from covidlens.data.cache import CachedImages
+from covidlens.train import trainer
 from covidlens.train.trainer import fit, make_scheduler, predict_proba, recompute_batchnorm
 
 CPU = torch.device("cpu")
@@ -82,3 +85,54 @@ def test_plateau_lowers_the_rate_on_the_patience_th_flat_epoch_like_keras():
         rates.append(optimizer.param_groups[0]["lr"])
     # epoch 1 sets the best; epochs 2-4 improve by <= 1e-4, so the rate halves after the third of them
     assert rates == [1.0, 1.0, 1.0, 0.5, 0.5]
+
+
+def fit_with_scripted_validation(monkeypatch, scores, monitor, restore_best=True):
+    """Fit small_net while validation returns `scores` ((loss, accuracy) per epoch); the weights after each
+    epoch are recorded, so the test can tell which epoch the model ends holding."""
+    script = iter(scores)
+    monkeypatch.setattr(trainer, "_evaluate", lambda *args, **kwargs: next(script))
+    source, labels = toy_data()
+    config = TrainConfig(epochs=len(scores), batch_size=8, monitor=monitor, restore_best=restore_best)
+    config.optimizer.lr = 0.05
+    torch.manual_seed(0)
+    model = small_net()
+    states = []
+    result = fit(
+        model, source, labels, np.arange(32), np.arange(32, 48), config, channels=1, seed=0, device=CPU,
+        on_epoch=lambda record: states.append(copy.deepcopy(model.state_dict())),
+    )
+    held = [
+        epoch
+        for epoch, state in enumerate(states, start=1)
+        if all(torch.equal(state[key], value) for key, value in model.state_dict().items())
+    ]
+    assert held == [result.best_epoch]  # every epoch changed the weights, so exactly one matches
+    assert list(result.history["val_loss"]) == [loss for loss, _ in scores]
+    return result.best_epoch
+
+
+# (loss, accuracy) per epoch
+SCRIPT = [(1.0, 0.50), (0.5, 0.40), (0.7, 0.80), (0.6, 0.70), (0.5, 0.90), (0.4, 0.85)]
+
+
+@pytest.mark.parametrize(
+    ("monitor", "scores", "best"),
+    [
+        ("val_loss", SCRIPT, 6),
+        ("val_loss", [(1.0, 0.5), (0.8, 0.5), (0.8, 0.9), (0.9, 0.9)], 2),  # a tie is no improvement
+        ("val_accuracy", SCRIPT, 5),
+        ("val_accuracy", [(1.0, 0.5), (0.8, 0.6), (0.7, 0.6), (0.9, 0.55)], 2),
+        # SaveBest: epoch 2 is a loss record only, 3 an accuracy record only, 4 beats epoch 1 on both but
+        # neither all-time record, 5 ties the lowest loss, 6 misses the highest accuracy: epoch 1 stays
+        ("val_loss_and_accuracy", SCRIPT, 1),
+        ("val_loss_and_accuracy", SCRIPT + [(0.3, 0.95), (0.35, 0.99)], 7),
+        ("val_loss_and_accuracy", [(1.0, 0.5), (0.9, 0.6), (0.8, 0.55), (0.7, 0.7)], 4),
+    ],
+)
+def test_the_monitor_decides_which_epoch_is_restored(monkeypatch, monitor, scores, best):
+    assert fit_with_scripted_validation(monkeypatch, scores, monitor) == best
+
+
+def test_without_restore_best_the_last_epoch_is_kept(monkeypatch):
+    assert fit_with_scripted_validation(monkeypatch, SCRIPT, "val_loss_and_accuracy", restore_best=False) == 6

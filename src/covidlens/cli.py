@@ -158,7 +158,8 @@ def sweep(
         list[str],
         typer.Option(
             help="a recipe field and its values, e.g. --grid depth=2,4,8 --grid batch_size=8,32 or "
-            "--grid model=ResNet3D-18,ResNet3D-34; a short name works when it is unique"
+            "--grid model=ResNet3D-18,ResNet3D-34 or --grid model.options.c=0.1,0.01 (a model option); a short "
+            "name works when it is unique"
         ),
     ],
     out: Annotated[Path | None, typer.Option(help="sweep directory; default runs/<recipe name>-sweep")] = None,
@@ -210,15 +211,26 @@ def predict(
     paths: Annotated[list[Path], typer.Argument(help="image files and/or folders")],
     output: Annotated[Path, typer.Option("-o", "--output", help="CSV to write")] = Path("predictions.csv"),
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    format: Annotated[
+        str,
+        typer.Option(
+            help="table: path, predicted class, p_<class>...; submission: paper 003's competition file "
+            "(Id = file name without extension, label = predicted class), sorted by Id"
+        ),
+    ] = "table",
 ) -> None:
-    """Classify images with class probabilities."""
+    """Classify images with class probabilities, or write a competition submission."""
     from covidlens import atomic
-    from covidlens.deploy.predict import collect_inputs, predict_files
+    from covidlens.deploy.predict import collect_inputs, predict_files, submission_table
 
+    if format not in ("table", "submission"):
+        raise CovidlensError(f"--format {format!r}: use table or submission")
     files, skipped = collect_inputs(paths)
     for path, reason in skipped:
         console.print(f"[yellow]skipped {path}: {reason}[/]")
     table = predict_files(model, files, device=device)
+    if format == "submission":
+        table = submission_table(table)
     atomic.write_csv(output, table)
     console.print(f"wrote {output} ({len(table)} images)")
 

@@ -33,6 +33,16 @@ class DataConfig(Section):
         None, ge=2, description="stack this many adjacent slices of a scan into one volume (3D models); none: slices"
     )
     stride: int | None = Field(None, ge=1, description="slices between volume starts; default: depth (no overlap)")
+    resize: Literal["square", "A", "B", "C", "D"] = Field(
+        "square",
+        description="square: stretch to image_size; A-D: paper 003's methods (A pad, B stretch, C and D crop)",
+    )
+    threshold: Literal["preset", "max", "min"] = Field(
+        "preset",
+        description="A-D: the size from the training images' largest (max) or smallest (min) image, or image_size",
+    )
+    clahe_clip: float | None = Field(None, gt=0, description="CLAHE clip limit after resizing; none: no CLAHE")
+    clahe_grid: tuple[int, int] = Field((8, 8), description="CLAHE tile grid (rows, columns)")
 
 
 class ModelConfig(Section):
@@ -40,6 +50,22 @@ class ModelConfig(Section):
     pretrained: bool = False
     weights: str | None = None
     drop_rate: float | None = Field(None, ge=0.0, lt=1.0, description="classifier dropout; default: the model's own")
+    options: dict[str, int | float | str | bool] = Field(
+        {},
+        description="keyword arguments of the model's builder (LinearSVM: c, epsilon, epochs; MLP: hidden); "
+        "passed on unchecked to a timm model",
+    )
+
+    @model_validator(mode="after")
+    def _options_fit_the_builder(self) -> ModelConfig:
+        if self.options:
+            from covidlens.models.registry import check_model_options  # the registry imports torch: only when used
+
+            try:
+                self.options = check_model_options(self.name, self.options)
+            except CovidlensError as exc:
+                raise ValueError(str(exc)) from None
+        return self
 
 
 class OptimizerConfig(Section):
@@ -93,7 +119,11 @@ class TrainConfig(Section):
     precise_bn: bool = Field(
         False, description="re-estimate batch-norm statistics on the training images after every epoch"
     )
-    monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
+    monitor: Literal["val_loss", "val_accuracy", "val_loss_and_accuracy"] = Field(
+        "val_loss",
+        description="what makes an epoch the best (restore_best); val_loss_and_accuracy: a new lowest validation "
+        "loss and a new highest validation accuracy at the same epoch (paper 003's SaveBest)",
+    )
     device: str = "auto"
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: torch's choice")
 

@@ -12,7 +12,7 @@ from typing import Protocol
 import numpy as np
 
 from covidlens import atomic
-from covidlens.data.preprocess import load_gray_uint8
+from covidlens.data.preprocess import Preprocessing
 from covidlens.errors import CovidlensError
 
 
@@ -27,31 +27,17 @@ class ImageSource(Protocol):
 class DecodedImages:
     """Decodes and resizes every image on every read (the slow path, kept for comparison)."""
 
-    def __init__(
-        self,
-        paths: Sequence[str],
-        size: int,
-        window: tuple[float, float] | None = None,
-        frames: Sequence[int] | None = None,
-        lung_mask: bool = False,
-    ) -> None:
+    def __init__(self, paths: Sequence[str], prep: Preprocessing, frames: Sequence[int] | None = None) -> None:
         self.paths = list(paths)
-        self.size = size
-        self.window = window
+        self.prep = prep
         self.frames = list(frames) if frames is not None else [None] * len(self.paths)
-        self.lung_mask = lung_mask
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def get(self, indices: Sequence[int]) -> np.ndarray:
         """Decode the images at `indices`."""
-        return np.stack(
-            [
-                load_gray_uint8(self.paths[i], self.size, self.window, self.frames[i], self.lung_mask)
-                for i in indices
-            ]
-        )
+        return np.stack([self.prep.load(self.paths[i], self.frames[i]) for i in indices])
 
 
 class CachedImages:
@@ -68,15 +54,9 @@ class CachedImages:
         return np.asarray(self.array[np.asarray(indices)])
 
 
-def cache_key(
-    paths: Sequence[str],
-    size: int,
-    window: tuple[float, float] | None,
-    frames: Sequence[int] | None = None,
-    lung_mask: bool = False,
-) -> str:
+def cache_key(paths: Sequence[str], prep: Preprocessing, frames: Sequence[int] | None = None) -> str:
     """A key that changes when any file, its size or time, or the preprocessing changes."""
-    settings = {"size": size, "window": window, "lung_mask": lung_mask}
+    settings = prep.settings()
     if frames is not None:
         settings["frames"] = [int(f) for f in frames]
     digest = hashlib.sha1(json.dumps(settings).encode())
@@ -91,23 +71,22 @@ def cache_key(
 
 def build_cache(
     paths: Sequence[str],
-    size: int,
+    prep: Preprocessing,
     folder: str | Path,
-    window: tuple[float, float] | None = None,
     progress: Callable[[int, int], None] | None = None,
     frames: Sequence[int] | None = None,
-    lung_mask: bool = False,
 ) -> CachedImages:
-    """Decode every image once into `folder/images-<key>-<size>px.npy`, or reuse that file if it exists.
+    """Decode every image once into `folder/images-<key>-<H>x<W>.npy`, or reuse that file if it exists.
 
     `frames` gives the slice index of each path inside a multi-slice file (NIfTI); other files ignore it.
     """
-    target = Path(folder) / f"images-{cache_key(paths, size, window, frames, lung_mask)}-{size}px.npy"
+    height, width = prep.shape
+    target = Path(folder) / f"images-{cache_key(paths, prep, frames)}-{height}x{width}.npy"
     if not target.is_file():
-        decoder = DecodedImages(paths, size, window, frames, lung_mask)
+        decoder = DecodedImages(paths, prep, frames)
 
         def fill(tmp: Path) -> None:
-            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size))
+            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), height, width))
             for i in range(len(paths)):
                 array[i] = decoder.get([i])[0]
                 if progress:

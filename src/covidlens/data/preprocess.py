@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
+from covidlens.config import DataConfig
+from covidlens.data.xray_prep import RESIZE_METHODS, Threshold, clahe, method_target, output_shape
 from covidlens.errors import CovidlensError
 
 HU_SUFFIXES = (".dcm", ".nii", ".nii.gz")
@@ -113,3 +117,89 @@ def to_model_input(batch: np.ndarray, channels: int) -> np.ndarray:
     """uint8 (B, H, W) -> float32 (B, C, H, W) rescaled by 1/255, gray repeated to C channels."""
     scaled = batch.astype(np.float32)[:, None] / 255.0
     return np.repeat(scaled, channels, axis=1) if channels > 1 else scaled
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Everything that turns one stored image into one model-ready uint8 array of `shape` (H, W).
+
+    `resize` "square" stretches to size x size (the CT pipelines); "A".."D" are paper 003's resizing
+    methods at `threshold` (computed from the training images). CLAHE, when `clahe_clip` is set, comes
+    after resizing, as paper 003 post-processes every method's output.
+    """
+
+    size: int
+    window: tuple[float, float] | None = None
+    lung_mask: bool = False
+    resize: str = "square"
+    threshold: Threshold | None = None
+    clahe_clip: float | None = None
+    clahe_grid: tuple[int, int] = (8, 8)
+
+    def __post_init__(self) -> None:
+        if self.resize != "square" and self.threshold is None:
+            raise CovidlensError(f"resizing method {self.resize} needs a threshold computed from the training images")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(height, width) of every output array."""
+        if self.resize == "square":
+            return (self.size, self.size)
+        return output_shape(self.resize, self.threshold)
+
+    def load(self, path: str | Path, frame: int | None = None) -> np.ndarray:
+        """Decode one image (slice `frame` of a volume file) into a uint8 array of `shape`."""
+        if self.resize == "square":
+            image = load_gray_uint8(path, self.size, self.window, frame, self.lung_mask)
+        else:
+            window = self.window if self.window is not None or not is_hu_file(path) else DEFAULT_HU_WINDOW
+            unit = to_unit_range(to_gray(read_slice(path, frame)), window)
+            if self.lung_mask:
+                from covidlens.data.lungs import mask_outside_lungs
+
+                unit = mask_outside_lungs(unit)
+            gray = np.round(unit * 255.0).astype(np.uint8)
+            image = RESIZE_METHODS[self.resize](gray, method_target(self.resize, self.threshold))
+        if self.clahe_clip is not None:
+            image = clahe(image, self.clahe_clip, self.clahe_grid)
+        return image
+
+    def settings(self) -> dict[str, Any]:
+        """The settings as plain JSON (a cache key part, and what a run stores)."""
+        return {
+            "size": self.size,
+            "window": list(self.window) if self.window is not None else None,
+            "lung_mask": self.lung_mask,
+            "resize": self.resize,
+            "threshold": self.threshold.as_dict() if self.threshold is not None else None,
+            "clahe_clip": self.clahe_clip,
+            "clahe_grid": list(self.clahe_grid),
+        }
+
+
+def preprocessing_of(data: DataConfig, threshold: Threshold | None = None) -> Preprocessing:
+    """The Preprocessing a recipe's data section describes (A-D need the run's threshold)."""
+    return Preprocessing(
+        size=data.image_size,
+        window=data.window,
+        lung_mask=data.lung_mask,
+        resize=data.resize,
+        threshold=threshold if data.resize != "square" else None,
+        clahe_clip=data.clahe_clip,
+        clahe_grid=tuple(data.clahe_grid),
+    )
+
+
+def stored_size(path: str | Path, frame: int | None = None) -> tuple[int, int]:
+    """(width, height) of a stored image as PIL reports it, from the header where the format allows."""
+    if is_hu_file(path):
+        rows, cols = read_slice(path, frame).shape[:2]
+        return int(cols), int(rows)
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, UnidentifiedImageError):
+        rows, cols = read_image(path).shape[:2]  # raises the one-line error for an unreadable file
+        return int(cols), int(rows)

@@ -291,6 +291,15 @@ def load_model_input(image: Path, recipe: Recipe) -> tuple[torch.Tensor, np.ndar
     return torch.from_numpy(to_model_input(volume[None], data.channels)), volume[(data.depth - 1) // 2]
 
 
+def require_square_input(recipe: Recipe, checkpoint: Path) -> None:
+    """Explanations read images at data.image_size; paper 003's resizing methods A-D are not supported yet."""
+    if recipe.data.resize != "square":
+        raise CovidlensError(
+            f"{checkpoint}: trained with resizing method {recipe.data.resize} (paper 003); explanations support "
+            "data.resize: square models only, for now"
+        )
+
+
 def pick_checkpoint(model_path: str | Path, fold_model: int = 0) -> tuple[Path, str]:
     """The checkpoint to explain and a phrase saying which: a .pt as given, or fold model N of a run."""
     from covidlens.deploy.predict import checkpoints_of
@@ -334,6 +343,7 @@ def write_activation_maps(
         raise CovidlensError(f"{image}: no such image file or scan folder")
     checkpoint, which = pick_checkpoint(model_path, fold_model)
     model, recipe, _ = load_checkpoint(checkpoint)
+    require_square_input(recipe, checkpoint)
     chosen = select_layers(model, layers, every)
     batch, shown = load_model_input(image, recipe)
     model = model.to(select_device(device))

@@ -26,7 +26,7 @@ from covidlens.data.adapters.common import mask_path_for
 from covidlens.data.index import index_dataset
 from covidlens.data.preprocess import to_model_input
 from covidlens.errors import CovidlensError
-from covidlens.explain.activations import pick_checkpoint
+from covidlens.explain.activations import pick_checkpoint, require_square_input
 from covidlens.explain.cam import CAM_METHODS, Explainer
 from covidlens.explain.heatmap_stats import base_mask_intensities, summarize_intensities
 from covidlens.explain.pipeline import (
@@ -87,6 +87,7 @@ def load_gallery_models(model_paths: Sequence[str | Path]) -> list[GalleryModel]
     for path, name in zip(model_paths, unique_names([model_name(p) for p in model_paths]), strict=True):
         checkpoint, which = pick_checkpoint(path, 0)
         model, recipe, classes = load_checkpoint(checkpoint)
+        require_square_input(recipe, checkpoint)
         if recipe.data.depth is not None:
             raise CovidlensError(
                 f"{path}: a volume model ({recipe.model.name}, depth {recipe.data.depth}); the gallery compares 2D "

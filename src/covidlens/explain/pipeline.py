@@ -23,7 +23,7 @@ from covidlens.data.adapters.common import check_image, list_images, mask_path_f
 from covidlens.data.preprocess import load_gray_uint8, read_image, resize_square, to_gray, to_model_input
 from covidlens.deploy.predict import collect_inputs
 from covidlens.errors import CovidlensError
-from covidlens.explain.activations import pick_checkpoint
+from covidlens.explain.activations import pick_checkpoint, require_square_input
 from covidlens.explain.cam import CAM_METHODS, Explainer, Explanation
 from covidlens.explain.heatmap_stats import (
     POINTING_TOLERANCE_PX,
@@ -205,6 +205,7 @@ def explain_paths(
         raise CovidlensError(f"--batch-size {batch_size}: must be 1 or more")
     checkpoint, which = pick_checkpoint(model_path, fold_model)
     model, recipe, classes = load_checkpoint(checkpoint)
+    require_square_input(recipe, checkpoint)
     data = recipe.data
     wanted = parse_target(target, classes)
     volume = data.depth is not None

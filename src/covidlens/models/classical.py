@@ -81,8 +81,9 @@ class LinearSVM(nn.Module):
     """One-vs-all linear SVM over flattened pixels (paper 003, III.A), weights and bias started at zero.
 
     `c` (misclassification weight), `epsilon` (step size) and `epochs` (the rule's w / epochs penalty) are
-    plain attributes: `make_linear_svm` sets them, the registered builder uses the paper's C and epsilon, and
-    a recipe training for another number of epochs should set `epochs` to it (default: the paper's 100).
+    plain attributes: `make_linear_svm` sets them, and a recipe sets them as `model.options` (the registered
+    builder's defaults are the paper's C, epsilon and 100 epochs; a recipe training for another number of
+    epochs should set `model.options.epochs` to it).
     """
 
     def __init__(
@@ -161,11 +162,23 @@ def make_mlp(num_classes: int, in_features: int, hidden: int = HIDDEN_UNITS, dro
     description="paper 003's one-vs-all linear SVM trained by SGD (C 0.01, epsilon 1e-4)",
 )
 def linear_svm(
-    num_classes: int, in_chans: int = 3, pretrained: bool = False, drop_rate: float | None = None
+    num_classes: int,
+    in_chans: int = 3,
+    pretrained: bool = False,
+    drop_rate: float | None = None,
+    c: float = PAPER_C,
+    epsilon: float = PAPER_EPSILON,
+    epochs: int = PAPER_TUNING_EPOCHS,
+    height: int = INPUT_SIZE,
+    width: int = INPUT_SIZE,
 ) -> nn.Module:
-    """The SVM over 88 x 88 x in_chans pixels with the paper's C and epsilon; drop_rate does not apply."""
+    """The SVM over height x width x in_chans pixels (a run passes its input size); c, epsilon, epochs are
+    model.options; drop_rate does not apply."""
     _no_weights("LinearSVM", pretrained)
-    return make_linear_svm(num_classes, in_chans * INPUT_SIZE * INPUT_SIZE)
+    for key, value in (("c", c), ("epsilon", epsilon), ("epochs", epochs), ("height", height), ("width", width)):
+        if value <= 0:
+            raise CovidlensError(f"model.options.{key}: {value} must be above 0 for LinearSVM")
+    return make_linear_svm(num_classes, in_chans * height * width, c=c, epsilon=epsilon, epochs=epochs)
 
 
 @register_model(
@@ -175,7 +188,19 @@ def linear_svm(
     input_size=INPUT_SIZE,
     description="paper 003's MLP: 2 x 512 sigmoid, softmax output, MSE loss",
 )
-def mlp(num_classes: int, in_chans: int = 3, pretrained: bool = False, drop_rate: float | None = None) -> nn.Module:
-    """The MLP over 88 x 88 x in_chans pixels; drop_rate (default none) drops hidden units before the output."""
+def mlp(
+    num_classes: int,
+    in_chans: int = 3,
+    pretrained: bool = False,
+    drop_rate: float | None = None,
+    hidden: int = HIDDEN_UNITS,
+    height: int = INPUT_SIZE,
+    width: int = INPUT_SIZE,
+) -> nn.Module:
+    """The MLP over height x width x in_chans pixels (a run passes its input size); hidden (model.options) units
+    per layer; drop_rate (default none) drops hidden units before the output."""
     _no_weights("MLP", pretrained)
-    return make_mlp(num_classes, in_chans * INPUT_SIZE * INPUT_SIZE, drop_rate=drop_rate or 0.0)
+    for key, value in (("hidden", hidden), ("height", height), ("width", width)):
+        if value < 1:
+            raise CovidlensError(f"model.options.{key}: {value} must be at least 1 for MLP")
+    return make_mlp(num_classes, in_chans * height * width, hidden=hidden, drop_rate=drop_rate or 0.0)

@@ -56,3 +56,20 @@ def confusion_matrices(matrix: list[list[int]], normalized: list[list[float]], c
             colour = "white" if value > high / 2 else "black"
             ax.text(j, i, fmt.format(value), ha="center", va="center", color=colour)
     return _png(figure)
+
+
+def comparison_bars(
+    groups: list[str], values: list[float], lows: list[float], highs: list[float], metric: str
+) -> bytes:
+    """One bar per compared setting with its confidence interval (paper 003's Figs. 4-5 as a chart)."""
+    figure, ax = plt.subplots(figsize=(max(5.0, 0.55 * len(groups) + 2.0), 3.8))
+    positions = np.arange(len(groups))
+    below = np.clip(np.asarray(values) - np.asarray(lows), 0, None)
+    above = np.clip(np.asarray(highs) - np.asarray(values), 0, None)
+    ax.bar(positions, values, color="tab:blue", alpha=0.8)
+    ax.errorbar(positions, values, yerr=[below, above], fmt="none", ecolor="black", capsize=3, lw=1)
+    ax.set_xticks(positions, groups, rotation=45, ha="right")
+    ax.set_ylabel(metric)
+    ax.set_ylim(0, 1)
+    ax.grid(axis="y", alpha=0.3)
+    return _png(figure)

@@ -271,6 +271,18 @@ def sweep_caption(results: dict) -> str:
     )
 
 
+def accuracy_bars(rows: list[dict]) -> bytes:
+    """The comparison's accuracy (bootstrap mean and percentile interval) per setting as a bar chart."""
+    accuracy = [row["metrics"]["accuracy"] for row in rows]
+    return figures.comparison_bars(
+        [row["group"] for row in rows],
+        [ci["bootstrap_mean"] for ci in accuracy],
+        [ci["low"] for ci in accuracy],
+        [ci["high"] for ci in accuracy],
+        "accuracy",
+    )
+
+
 def build_sweep_report(sweep_dir: Path) -> str:
     """The HTML report of a finished sweep: the comparison table, then each cell's confusion and curves."""
     from covidlens.evaluate.tables import comparison_frame
@@ -301,6 +313,7 @@ def build_sweep_report(sweep_dir: Path) -> str:
         "grid": html.escape(grid),
         "cv": html.escape(validation_text(config["cv"])),
         "caption": html.escape(sweep_caption(results)),
+        "bars": _image(accuracy_bars(results["rows"]), "accuracy of each setting with its 95% interval"),
         "table": comparison_frame(results["rows"], html=True, settings=[a["label"] for a in results["grid"]]).to_html(
             border=0, classes="grid", escape=False, index=False
         ),

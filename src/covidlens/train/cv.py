@@ -17,8 +17,10 @@ from covidlens.data.adapters.base import IndexOptions
 from covidlens.data.cache import DecodedImages, ImageSource, build_cache
 from covidlens.data.index import index_dataset
 from covidlens.data.manifest import class_names, is_image_wise, read_manifest, write_manifest
+from covidlens.data.preprocess import Preprocessing, preprocessing_of, stored_size
 from covidlens.data.splits import check_folds, folds_from_split_column, patient_wise_folds, patient_wise_holdout
 from covidlens.data.volumes import VolumeSource, build_volume_table, volume_slice_rows
+from covidlens.data.xray_prep import Threshold, compute_threshold
 from covidlens.errors import CovidlensError
 from covidlens.evaluate.aggregate import summarize_cv
 from covidlens.evaluate.levels import aggregate_predictions
@@ -30,7 +32,7 @@ from covidlens.train.checkpoint import save_checkpoint
 from covidlens.train.trainer import FitResult, fit, predict_proba, select_device
 
 # Files a run writes while it is being set up, before config.yaml marks it as started.
-SETUP_FILES = {"run.json", "manifest.csv", "volumes.csv", "folds.csv"}
+SETUP_FILES = {"run.json", "manifest.csv", "volumes.csv", "preprocessing.json", "folds.csv"}
 
 
 class RunPaths:
@@ -42,6 +44,7 @@ class RunPaths:
         self.run_info = root / "run.json"
         self.manifest = root / "manifest.csv"
         self.volumes = root / "volumes.csv"
+        self.preprocessing = root / "preprocessing.json"
         self.folds = root / "folds.csv"
         self.history = root / "history.csv"
         self.predictions = root / "predictions.csv"
@@ -78,6 +81,7 @@ class RunData:
     folds: pd.DataFrame
     classes: list[str]
     device: torch.device
+    prep: Preprocessing
 
     @property
     def volume_mode(self) -> bool:
@@ -189,13 +193,20 @@ def prepare_run(
         check_folds(folds, samples)
         classes = _class_list(manifest, recipe)
         device = select_device(recipe.train.device)
-        return RunData(paths, recipe, manifest, samples, folds, classes, device), True
+        prep = _read_preprocessing(paths, recipe)
+        return RunData(paths, recipe, manifest, samples, folds, classes, device, prep), True
     _check_new_run_folder(paths)
     manifest = _index(data, options, layout)
     classes = _class_list(manifest, recipe)
     _check_positive_class(recipe, classes)
+    prep = _preprocessing(manifest, recipe)
     check_model_input(
-        recipe.model.name, len(classes), recipe.data.channels, recipe.data.image_size, recipe.data.depth
+        recipe.model.name,
+        len(classes),
+        recipe.data.channels,
+        prep.shape,
+        recipe.data.depth,
+        options=recipe.model.options,
     )
     samples = _samples(manifest, recipe)
     folds = _make_folds(samples, recipe)
@@ -204,9 +215,35 @@ def prepare_run(
     if samples is not manifest:
         atomic.write_csv(paths.volumes, samples)
     atomic.write_csv(paths.folds, folds)
+    atomic.write_json(paths.preprocessing, prep.settings())
     atomic.write_json(paths.run_info, {"data": data, "covidlens": __version__})
     atomic.write_text(paths.config, recipe_to_yaml(recipe))  # last: marks the run as started
-    return RunData(paths, recipe, manifest, samples, folds, classes, device), False
+    return RunData(paths, recipe, manifest, samples, folds, classes, device, prep), False
+
+
+def _preprocessing(manifest: pd.DataFrame, recipe: Recipe) -> Preprocessing:
+    """The run's preprocessing; paper 003's methods A-D take their threshold from the training images.
+
+    Those are the indexed images less a fixed split's test list (a competition's unlabelled test folder is
+    never indexed), so no test image decides the input size.
+    """
+    data = recipe.data
+    if data.resize == "square":
+        return preprocessing_of(data)
+    training = manifest[manifest["split"].astype(str) != "test"] if "split" in manifest else manifest
+    sizes = [stored_size(path, frame) for path, frame in zip(training["path"], training["slice_index"], strict=True)]
+    return preprocessing_of(data, compute_threshold(sizes, data.threshold, preset=data.image_size))
+
+
+def _read_preprocessing(paths: RunPaths, recipe: Recipe) -> Preprocessing:
+    """The preprocessing a run was started with (its threshold is data-derived, so it is stored)."""
+    if recipe.data.resize == "square":
+        return preprocessing_of(recipe.data)
+    try:
+        stored = json.loads(paths.preprocessing.read_text(encoding="utf-8"))
+        return preprocessing_of(recipe.data, Threshold.from_dict(stored["threshold"]))
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, CovidlensError):
+        raise CovidlensError(f"{paths.preprocessing}: missing or damaged; start the run in a new --out") from None
 
 
 def image_source(run: RunData, show: bool) -> ImageSource:
@@ -214,12 +251,11 @@ def image_source(run: RunData, show: bool) -> ImageSource:
     stacked into volumes when the recipe sets data.depth."""
     files = run.manifest["path"].astype(str).tolist()
     frames = run.manifest["slice_index"].astype(int).tolist()
-    data = run.recipe.data
-    if not data.cache:
-        slices: ImageSource = DecodedImages(files, data.image_size, data.window, frames, data.lung_mask)
+    if not run.recipe.data.cache:
+        slices: ImageSource = DecodedImages(files, run.prep, frames)
     else:
         with progress_bar("decode + resize (once)", len(files), show) as update:
-            slices = build_cache(files, data.image_size, run.paths.cache, data.window, update, frames, data.lung_mask)
+            slices = build_cache(files, run.prep, run.paths.cache, update, frames)
     if not run.volume_mode:
         return slices
     return VolumeSource(slices, volume_slice_rows(run.manifest, run.samples))
@@ -239,6 +275,8 @@ def train_fold(
         pretrained=recipe.model.pretrained,
         weights=recipe.model.weights,
         drop_rate=recipe.model.drop_rate,
+        options=recipe.model.options,
+        input_shape=run.prep.shape,
     )
     with progress_bar(f"train round {round_index + 1} fold {fold + 1}", recipe.train.epochs, show) as update:
 
@@ -289,7 +327,10 @@ def write_fold(
     """Write a fold's checkpoint, history and test predictions; the predictions go last and mark it done."""
     round_index, fold = key
     paths, recipe = run.paths, run.recipe
-    save_checkpoint(paths.checkpoint(*key), model, recipe, run.classes, best_epoch=result.best_epoch)
+    save_checkpoint(
+        paths.checkpoint(*key), model, recipe, run.classes, best_epoch=result.best_epoch,
+        preprocessing=run.prep.settings(),
+    )
     atomic.write_csv(
         paths.fold_dir(*key) / "history.csv", result.history.assign(round=round_index, fold=fold)
     )

@@ -50,9 +50,19 @@ def recipe_fields(model: type[BaseModel] = Recipe, prefix: str = "") -> list[str
     return paths
 
 
+OPTIONS_PREFIX = "model.options."  # free-form: the model's builder names them, the recipe checks them
+RECIPE_KEY = "recipe"  # a grid axis over whole recipes (paper 003's classifiers each have their own)
+
+
 def resolve_key(key: str) -> str:
-    """A dotted recipe key from a full key, a unique field name (depth -> data.depth), or a section with a
-    name field (model -> model.name)."""
+    """A dotted recipe key from a full key, a unique field name (depth -> data.depth), a section with a
+    name field (model -> model.name), a model option (model.options.c), or `recipe` (whole recipes)."""
+    if key == RECIPE_KEY:
+        return key
+    if key.startswith(OPTIONS_PREFIX):
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key.removeprefix(OPTIONS_PREFIX)):
+            raise CovidlensError(f"--grid {key!r}: a model option is model.options.<name>, e.g. model.options.c")
+        return key
     fields = recipe_fields()
     if key in fields:
         return key
@@ -63,7 +73,17 @@ def resolve_key(key: str) -> str:
         return matches[0]
     if matches:
         raise CovidlensError(f"--grid {key!r} is ambiguous: use one of {', '.join(matches)}")
-    raise CovidlensError(f"--grid {key!r} is not a recipe field; use e.g. data.depth, train.batch_size, model")
+    raise CovidlensError(
+        f"--grid {key!r} is not a recipe field; use e.g. data.depth, train.batch_size, model, model.options.c"
+    )
+
+
+def grid_value(text: str) -> object:
+    """One grid value as a YAML scalar, where a number YAML 1.1 leaves as text (1e-4, no dot) becomes a float."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str) and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+", value):
+        return float(value)
+    return value
 
 
 def parse_grid(items: list[str]) -> list[GridAxis]:
@@ -71,7 +91,7 @@ def parse_grid(items: list[str]) -> list[GridAxis]:
     axes: list[GridAxis] = []
     for item in items:
         key, sep, raw = item.partition("=")
-        values = tuple(yaml.safe_load(v) for v in raw.split(",") if v.strip())
+        values = tuple(grid_value(v) for v in raw.split(",") if v.strip())
         if not sep or not key.strip() or not values:
             raise CovidlensError(f"--grid {item!r}: expected key=v1,v2,..., e.g. --grid depth=2,4,8")
         full = resolve_key(key.strip())
@@ -119,9 +139,13 @@ class Sweep:
         return self.root / "runs" / name
 
     def cell_recipe(self, cell: dict[str, object]) -> Recipe:
-        """The recipe of one cell: the sweep's recipe and overrides, then the cell's values."""
-        values = [f"{key}={json.dumps(value) if isinstance(value, str) else value}" for key, value in cell.items()]
-        return load_recipe(self.recipe, self.overrides + values)
+        """The recipe of one cell: the sweep's (or the cell's `recipe`) recipe and overrides, then the cell's values."""
+        values = [
+            f"{key}={json.dumps(value) if isinstance(value, str) else value}"
+            for key, value in cell.items()
+            if key != RECIPE_KEY
+        ]
+        return load_recipe(str(cell.get(RECIPE_KEY, self.recipe)), self.overrides + values)
 
     def description(self) -> dict:
         """What sweep.json records; a rerun must match it to resume."""

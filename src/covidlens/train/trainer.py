@@ -52,8 +52,8 @@ def iterate_batches(
 ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
     """Yield (row indices, float input batch); shuffled and augmented when a generator is given.
 
-    A trailing batch smaller than `min_batch` is dropped (training uses 2: batch norm cannot train on
-    one image; the order is reshuffled each epoch, so no image is always left out).
+    A trailing batch smaller than `min_batch` is dropped (training a model with batch norm uses 2: it
+    cannot train on one image; the order is reshuffled each epoch, so no image is always left out).
     """
     order = indices
     if generator is not None:
@@ -104,6 +104,10 @@ def make_scheduler(
     return None
 
 
+def _batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 def _run_epoch(
     model: nn.Module,
     source: ImageSource,
@@ -119,8 +123,9 @@ def _run_epoch(
     """Train one epoch; return mean loss and accuracy over its samples."""
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
+    min_batch = 2 if _batchnorm_layers(model) else 1  # batch 1 is paper 003's per-image SVM rule
     batches = iterate_batches(
-        source, indices, config.batch_size, channels, generator, config.augment, min_batch=2
+        source, indices, config.batch_size, channels, generator, config.augment, min_batch=min_batch
     )
     for rows, batch in batches:
         target = torch.from_numpy(labels[rows]).to(device)
@@ -149,7 +154,7 @@ def recompute_batchnorm(
     With few steps per epoch and a high learning rate, the running averages lag far behind the
     weights, and eval-mode predictions collapse to one class; one extra forward pass fixes that.
     """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = _batchnorm_layers(model)
     if not norms:
         return
     momenta = [m.momentum for m in norms]
@@ -197,10 +202,22 @@ def _evaluate(
     return loss, float((probs.argmax(1) == target).float().mean())
 
 
-def _improved(metric: str, value: float, best: float | None) -> bool:
-    if best is None:
+def _improved(
+    monitor: str, loss: float, accuracy: float, lowest_loss: float | None, highest_accuracy: float | None
+) -> bool:
+    """Whether this epoch becomes the best under `monitor`, given the extremes of all earlier epochs.
+
+    val_loss_and_accuracy is paper 003's SaveBest: the loss must reach a new minimum and the accuracy a new
+    maximum at the same epoch (the records of epochs that were not kept still count). The first epoch counts.
+    """
+    if lowest_loss is None or highest_accuracy is None:
         return True
-    return value < best if metric == "val_loss" else value > best
+    new_low, new_high = loss < lowest_loss, accuracy > highest_accuracy
+    if monitor == "val_loss":
+        return new_low
+    if monitor == "val_accuracy":
+        return new_high
+    return new_low and new_high
 
 
 def fit(
@@ -223,7 +240,9 @@ def fit(
     val_loss_fn = nn.NLLLoss()
     optimizer = make_optimizer(model, config.optimizer)
     scheduler = make_scheduler(optimizer, config.scheduler)
-    rows, best_value, best_epoch, best_state = [], None, 0, None
+    rows, best_epoch, best_state = [], 0, None
+    lowest_loss: float | None = None
+    highest_accuracy: float | None = None
     for epoch in range(1, config.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
         train_loss, train_acc = _run_epoch(
@@ -238,10 +257,11 @@ def fit(
             zip(HISTORY_COLUMNS, [epoch, train_loss, train_acc, val_loss, val_acc, lr], strict=True)
         )
         rows.append(record)
-        monitored = val_loss if config.monitor == "val_loss" else val_acc
-        if _improved(config.monitor, monitored, best_value):
-            best_value, best_epoch = monitored, epoch
+        if _improved(config.monitor, val_loss, val_acc, lowest_loss, highest_accuracy):
+            best_epoch = epoch
             best_state = copy.deepcopy(model.state_dict()) if config.restore_best else None
+        lowest_loss = val_loss if lowest_loss is None else min(lowest_loss, val_loss)
+        highest_accuracy = val_acc if highest_accuracy is None else max(highest_accuracy, val_acc)
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             scheduler.step(val_loss if config.scheduler.monitor == "val_loss" else val_acc)
         elif scheduler is not None:
