@@ -271,11 +271,11 @@ def sweep_caption(results: dict) -> str:
     )
 
 
-def accuracy_bars(rows: list[dict]) -> bytes:
+def accuracy_bars(rows: list[dict], settings: list[str]) -> bytes:
     """The comparison's accuracy (bootstrap mean and percentile interval) per setting as a bar chart."""
     accuracy = [row["metrics"]["accuracy"] for row in rows]
     return figures.comparison_bars(
-        [row["group"] for row in rows],
+        [" / ".join(str(row["settings"][key]) for key in settings) for row in rows],
         [ci["bootstrap_mean"] for ci in accuracy],
         [ci["low"] for ci in accuracy],
         [ci["high"] for ci in accuracy],
@@ -308,13 +308,15 @@ def build_sweep_report(sweep_dir: Path) -> str:
             + _image(curves, f"training curves of {row['group']}")
         )
     grid = "; ".join(f"{axis['key']} = {', '.join(map(str, axis['values']))}" for axis in results["grid"])
+    labels = [axis["label"] for axis in results["grid"]]
     fields = {
         "recipe": html.escape(" ".join([results["recipe"], *(f"--set {o}" for o in results["overrides"])])),
         "grid": html.escape(grid),
         "cv": html.escape(validation_text(config["cv"])),
         "caption": html.escape(sweep_caption(results)),
-        "bars": _image(accuracy_bars(results["rows"]), "accuracy of each setting with its 95% interval"),
-        "table": comparison_frame(results["rows"], html=True, settings=[a["label"] for a in results["grid"]]).to_html(
+        "grid_labels": html.escape(" / ".join(labels)),
+        "bars": _image(accuracy_bars(results["rows"], labels), "accuracy of each setting with its 95% interval"),
+        "table": comparison_frame(results["rows"], html=True, settings=labels).to_html(
             border=0, classes="grid", escape=False, index=False
         ),
         "cells": "\n".join(cells),
