@@ -119,18 +119,23 @@ def test_an_unknown_model_option_stops_the_sweep_before_anything_is_written(tiny
     assert not (tmp_path / "s").exists()
 
 
-def test_sweep_over_the_svm_c_compares_the_cells_in_a_column_named_c(tiny_ct, tmp_path):
+def test_svm_grid_gives_paper_003s_table_one_row_per_c_and_epsilon_pair(tiny_ct, tmp_path):
     out = tmp_path / "svm"
     overrides = [
         "data.classes=null", "cv.folds=2", "train.epochs=1", "train.batch_size=8", "train.threads=1",
         "evaluate.positive_class=COVID", "evaluate.bootstrap_resamples=100",
     ]
-    rows = run_sweep("krivonos2020-svm", ["model.options.c=0.1,0.01"], tiny_ct, out, overrides, show_progress=False)
-    assert [row["settings"] for row in rows] == [{"c": 0.1}, {"c": 0.01}]
-    assert pd.read_csv(out / "sweep.csv")["c"].tolist() == [0.1, 0.01]
-    for name, c in (("c=0.1", 0.1), ("c=0.01", 0.01)):
+    grid = ["model.options.c=0.1,0.01", "model.options.epsilon=0.001,0.0001"]
+    rows = run_sweep("krivonos2020-svm", grid, tiny_ct, out, overrides, show_progress=False)
+    pairs = [{"c": 0.1, "epsilon": 0.001}, {"c": 0.1, "epsilon": 0.0001}, {"c": 0.01, "epsilon": 0.001},
+             {"c": 0.01, "epsilon": 0.0001}]
+    assert [row["settings"] for row in rows] == pairs
+    table = pd.read_csv(out / "sweep.csv")
+    assert table[["c", "epsilon"]].to_dict("records") == pairs and table["accuracy_estimate"].between(0, 1).all()
+    for name, c, epsilon in (("c=0.1_epsilon=0.001", 0.1, 0.001), ("c=0.01_epsilon=0.0001", 0.01, 0.0001)):
         model, recipe, _ = load_checkpoint(out / "runs" / name / "checkpoints" / "r00-f0.pt")
         assert model.c == c == recipe.model.options["c"]  # the checkpoint rebuilds the model with its options
+        assert model.epsilon == epsilon
 
 
 def test_a_recipe_axis_swaps_whole_recipes_per_cell(tmp_path):
