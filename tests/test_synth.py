@@ -271,6 +271,7 @@ def test_empty_existing_folder_is_used(tmp_path: Path) -> None:
         ({"slices": "many"}, "slices='many'"),
         ({"kind": "ct-volume"}, "ct-volume"),
         ({"depth": 3}, "depth"),
+        ({"site": 3}, "site=3"),
     ],
 )
 def test_bad_arguments_raise_one_line_errors(tmp_path: Path, kwargs: dict[str, object], named: str) -> None:
@@ -436,6 +437,7 @@ def test_volume_defaults_and_progress(tmp_path: Path) -> None:
         ({"slices": (1, 4)}, "slices=(1, 4)"),
         ({"slices": "many"}, "slices='many'"),
         ({"depth": 3}, "depth"),
+        ({"site": 2}, "site"),
     ],
 )
 def test_volume_bad_arguments_raise(tmp_path: Path, kwargs: dict[str, object], named: str) -> None:
@@ -454,3 +456,67 @@ def test_volumes_refuse_a_non_empty_folder(tmp_path: Path) -> None:
     with pytest.raises(CovidlensError, match="exists and is not empty"):
         synthesize("ct-volumes", out, patients=3, size=32, slices=(2, 2))
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A second site: other patients through another scanner (external test sets)
+
+SITE_ARGS = {"patients": 6, "seed": 0, "size": 128, "slices": (2, 3)}
+
+
+@pytest.fixture(scope="module")
+def two_sites(tmp_path_factory: pytest.TempPathFactory) -> dict[int, tuple[Path, pd.DataFrame]]:
+    root = tmp_path_factory.mktemp("sites")
+    folders = {site: root / f"s{site}" for site in (1, 2)}
+    return {site: (out, synthesize("ct-slices", out, site=site, **SITE_ARGS)) for site, out in folders.items()}
+
+
+def _site_measures(frame: pd.DataFrame, site: int) -> dict[str, float]:
+    """Mean gray level, noise SD in HU (an air corner) and body width in pixels, from the written PNGs."""
+    level, width = synth.SITES[site].window
+    images = np.stack([_read(p) for p in frame.path]).astype(np.float64)
+    noise_hu = images[:, :12, :12].std(axis=(1, 2)).mean() * width / 255.0
+    tissue = synth.lung_window(np.array([-550.0], np.float32), level, width)[0]  # between air and fat
+    rows = images[:, 48:80, :] > tissue
+    body = [max(np.ptp(np.flatnonzero(r)) for r in image if r.any()) for image in rows]
+    return {"mean": images.mean(), "noise_hu": noise_hu, "body": float(np.mean(body))}
+
+
+def test_site_two_is_another_scanner_with_other_patients(two_sites) -> None:
+    (out1, first), (out2, second) = two_sites[1], two_sites[2]
+    assert set(first.patient_id).isdisjoint(second.patient_id)
+    assert second.patient_id.str.startswith("s2_").all() and not first.patient_id.str.startswith("s2_").any()
+    assert sorted(set(second.label)) == sorted(set(first.label)) == ["COVID", "Healthy", "Others"]
+    one, two = _site_measures(first, 1), _site_measures(second, 2)
+    assert two["noise_hu"] > 1.3 * one["noise_hu"]  # 1.6x the noise
+    assert two["mean"] < one["mean"] - 20  # a lower, narrower window: darker images
+    assert two["body"] < 0.93 * one["body"]  # a wider field of view: a smaller body
+    assert json.loads((out1 / "synth.json").read_text())["site"] == 1
+    assert json.loads((out2 / "synth.json").read_text())["site"] == 2
+
+
+def test_site_one_is_the_default_byte_for_byte(two_sites, tmp_path: Path) -> None:
+    out1, _ = two_sites[1]
+    default = _digest_run(tmp_path / "default", **SITE_ARGS)
+    assert default == _digest(out1)
+
+
+def test_site_phantom_changes_only_size_and_noise() -> None:
+    rngs = synth.patient_streams(0, 0)
+    phantom = synth.make_phantom("COVID", 0.5, rngs[0], rngs[1], "covid_p001")
+    assert synth.site_phantom(phantom, synth.SITES[1]).anatomy.zoom == phantom.anatomy.zoom
+    seen = synth.site_phantom(phantom, synth.SITES[2])
+    assert seen.anatomy.zoom == pytest.approx(0.85 * phantom.anatomy.zoom)
+    assert seen.noise_hu == pytest.approx(1.6 * phantom.noise_hu) and seen.findings is phantom.findings
+
+
+def test_cli_writes_a_second_site(tmp_path: Path) -> None:
+    from cli_helpers import covidlens
+
+    out = tmp_path / "site2"
+    result = covidlens(
+        "synth", "ct-slices", out, "--site", "2", "--patients", 3, "--size", 32, "--min-slices", 1, "--max-slices", 1
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "synth.json").read_text())["site"] == 2
+    assert sorted(p.name for p in (out / "COVID").iterdir()) == ["s2_covid_p001"]

@@ -23,6 +23,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 out_console = Console() if sys.stdout.isatty() else Console(width=160)  # stdout: tables a user may pipe
+# Options several commands share.
+DataLayout = Annotated[str | None, typer.Option("--format", help="dataset layout when DATA is a folder")]
+Quiet = Annotated[bool, typer.Option("--quiet", help="no progress bars")]
 
 
 @app.command()
@@ -45,6 +48,13 @@ def synth(
     segmented: Annotated[
         bool, typer.Option("--segmented", help="ct-volumes only: lung-segmented variant (air / black outside)")
     ] = False,
+    site: Annotated[
+        int,
+        typer.Option(
+            help="ct-slices only: 2 = a second source (other patients, s2_ ids; another window, more noise, a wider "
+            "field of view, a smoother kernel) for an external test set"
+        ),
+    ] = 1,
 ) -> None:
     """Write synthetic chest CT: class / patient / (scan /) slice PNGs with lesion masks beside them."""
     from covidlens.data.synth import synthesize
@@ -59,6 +69,8 @@ def synth(
         options["format"] = image_format
     if segmented:
         options["segmented"] = True
+    if site != 1:
+        options["site"] = site
     with progress_bar(f"synth {kind}", patients) as update:
         rows = synthesize(
             kind, out, patients, seed=seed, difficulty=difficulty, size=size, progress=update, **options
@@ -123,12 +135,17 @@ def cv(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="override a recipe field, e.g. --set train.epochs=5")
     ] = None,
-    format: Annotated[
-        str | None, typer.Option("--format", help="dataset layout when DATA is a folder")
-    ] = None,
+    format: DataLayout = None,
     patient_regex: Annotated[str | None, typer.Option(help="see `covidlens index --help`")] = None,
     no_patients: Annotated[bool, typer.Option("--no-patients", help="see `covidlens index --help`")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars")] = False,
+    quiet: Quiet = False,
+    external_test: Annotated[
+        str | None,
+        typer.Option(
+            help="an external test set (dataset folder or manifest CSV of other patients, e.g. a second site) that "
+            "every fold model also predicts; scored apart in metrics.json and the report"
+        ),
+    ] = None,
 ) -> None:
     """Patient-wise repeated k-fold cross-validation; writes (or resumes) a run directory and its report."""
     from covidlens.config import load_recipe
@@ -142,9 +159,14 @@ def cv(
     overrides += [f"cv.folds={folds}"] if folds is not None else []
     loaded = load_recipe(recipe, overrides)
     run_dir = out or Path("runs") / loaded.name
-    summary = run_cv(loaded, data, run_dir, format, IndexOptions(patient_regex, no_patients), not quiet)
+    summary = run_cv(
+        loaded, data, run_dir, format, IndexOptions(patient_regex, no_patients), not quiet, external_test=external_test
+    )
     report = write_report(run_dir)
     out_console.print(format_summary_table(summary))
+    if "external" in summary:
+        out_console.print(f"external test set {summary['external']['data']}:")
+        out_console.print(format_summary_table(summary["external"]))
     console.print(f"run directory: {run_dir}  report: {report}")
 
 
@@ -166,10 +188,8 @@ def sweep(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="override a recipe field in every run, e.g. --set train.epochs=5")
     ] = None,
-    format: Annotated[
-        str | None, typer.Option("--format", help="dataset layout when DATA is a folder")
-    ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars")] = False,
+    format: DataLayout = None,
+    quiet: Quiet = False,
 ) -> None:
     """Run a recipe over a grid of values (resumable) and compare the settings as paper 002's Tables 5-7.
 
@@ -190,6 +210,51 @@ def sweep(
     report_path = write_sweep_report(sweep_dir)
     out_console.print(comparison_frame(rows).to_string(index=False))
     console.print(f"sweep directory: {sweep_dir}  report: {report_path}")
+
+
+@app.command()
+def tune(
+    recipe: Annotated[
+        str, typer.Argument(help="built-in recipe name or a YAML file; its optimizer must be sgd (paper 004)")
+    ],
+    data: Annotated[str, typer.Option(help="dataset folder or manifest CSV")],
+    trials: Annotated[int, typer.Option(help="complete trials the study should reach (paper 004: 30)")] = 30,
+    epochs: Annotated[int, typer.Option(help="training epochs per trial (paper 004: 20); sets train.epochs")] = 20,
+    storage: Annotated[
+        str | None,
+        typer.Option(help="optuna storage URL, e.g. postgresql://USER:PASSWORD@HOST/DB to share the study between "
+                     "machines; default sqlite:///OUT/study.db"),
+    ] = None,
+    study: Annotated[str | None, typer.Option(help="study name; default the recipe's name")] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder; default runs/<recipe name>-tune")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="override a recipe field, e.g. --set model.name=LightCNN")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="sampler seed (give each machine sharing a study its own)")] = 0,
+    startup_trials: Annotated[
+        int | None, typer.Option(help="random trials before the Gaussian process proposes; default optuna's 10")
+    ] = None,
+    format: DataLayout = None,
+    quiet: Quiet = False,
+) -> None:
+    """Bayesian search of SGD's initial learning rate, momentum and L2 (paper 004, Tables 3-4); resumable.
+
+    Each trial trains on the first fold of the recipe's patient-wise split and scores its best validation
+    accuracy. Writes OUT/trials.csv, OUT/best.json and OUT/table.csv (observed and estimated accuracy).
+    """
+    import pandas as pd
+
+    from covidlens.config import load_recipe
+    from covidlens.train.hpo import format_tuning_table, run_tuning
+
+    loaded = load_recipe(recipe, [*(set_ or []), f"train.epochs={epochs}"])
+    tune_dir = out or Path("runs") / f"{loaded.name}-tune"
+    run_tuning(
+        loaded, data, tune_dir, trials, storage=storage, study_name=study, seed=seed,
+        startup_trials=startup_trials, layout=format, show_progress=not quiet,
+    )
+    _print_frame(format_tuning_table(pd.read_csv(tune_dir / "table.csv")), "Bayesian optimization (paper 004)")
+    console.print(f"tuning folder: {tune_dir}  best hyper-parameters: {tune_dir / 'best.json'}")
 
 
 @app.command()

@@ -108,6 +108,57 @@ class AugmentConfig(Section):
         return self != AugmentConfig()
 
 
+class OfflineAugmentConfig(Section):
+    """Augmented copies of each fold's training images, made once before training (paper 004's "x4")."""
+
+    factor: int = Field(
+        1, ge=1, description="training images per original: the original + factor - 1 augmented copies; 1: off"
+    )
+    mode: Literal["combined", "separate"] = Field(
+        "combined",
+        description="combined: every copy is rotated, scaled and noised; separate: copy k gets only the k-th of "
+        "the transformations set (rotation, scale, noise), in turn",
+    )
+    rotation: tuple[float, float] = Field((0.0, 0.0), description="rotation angle range, degrees")
+    scale: tuple[float, float] = Field((1.0, 1.0), description="isotropic scale range (> 1 enlarges)")
+    noise_std: float = Field(0.0, ge=0, description="SD of additive Gaussian noise, as a fraction of the 0-255 range")
+
+    @field_validator("rotation", "scale")
+    @classmethod
+    def _ordered_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if value[0] > value[1]:
+            raise ValueError("must be a range [low, high] with low <= high")
+        return value
+
+    @field_validator("scale")
+    @classmethod
+    def _positive_scale(cls, scale: tuple[float, float]) -> tuple[float, float]:
+        if scale[0] <= 0:
+            raise ValueError("scale must be positive")
+        return scale
+
+    @model_validator(mode="after")
+    def _copies_need_a_transformation(self) -> OfflineAugmentConfig:
+        if self.factor > 1 and not self.transformations:
+            raise ValueError("factor > 1 needs a rotation, scale or noise_std range, or the copies equal the originals")
+        return self
+
+    @property
+    def transformations(self) -> list[str]:
+        """The transformations switched on, in the order `separate` mode deals them to copies."""
+        switched = {
+            "rotation": self.rotation != (0.0, 0.0),
+            "scale": self.scale != (1.0, 1.0),
+            "noise": self.noise_std > 0,
+        }
+        return [name for name, on in switched.items() if on]
+
+    @property
+    def enabled(self) -> bool:
+        """True when training images get augmented copies."""
+        return self.factor > 1
+
+
 class TrainConfig(Section):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(32, ge=1)
@@ -115,6 +166,7 @@ class TrainConfig(Section):
     optimizer: OptimizerConfig = OptimizerConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     augment: AugmentConfig = AugmentConfig()
+    offline_augment: OfflineAugmentConfig = OfflineAugmentConfig()
     restore_best: bool = True
     precise_bn: bool = Field(
         False, description="re-estimate batch-norm statistics on the training images after every epoch"

@@ -60,6 +60,26 @@ HU_BRONCHUS_AIR = -920.0
 LUNG_WINDOW = (-600.0, 1500.0)  # level, width
 CHEST_WALL = 0.035  # muscle between the fat and the lungs, body units (about 6 mm on a 35 cm field)
 
+
+
+@dataclass(frozen=True)
+class SiteProfile:
+    """How one hospital's scanner and protocol show the same anatomy (a second source for external tests)."""
+
+    window: tuple[float, float]  # display window (level, width) of the written PNGs
+    noise: float  # multiplier of every patient's CT noise SD
+    field_of_view: float  # multiplier of the body's size in the image (< 1: a wider field of view)
+    kernel: float  # multiplier of the reconstruction blur (> 1: a smoother kernel)
+    prefix: str  # put before every patient id, so two sites never share a patient
+
+
+# Site 1 is the default data; site 2 a second source: a narrower window set lower (darker, more contrast),
+# 1.6x the noise, the body at 0.85x its size (a 41 cm instead of a 35 cm field) and a smoother kernel.
+SITES = {
+    1: SiteProfile(window=LUNG_WINDOW, noise=1.0, field_of_view=1.0, kernel=1.0, prefix=""),
+    2: SiteProfile(window=(-500.0, 1200.0), noise=1.6, field_of_view=0.85, kernel=1.6, prefix="s2_"),
+}
+
 _SHIFT = 4  # fixed-point bits for sub-pixel polygon vertices in cv2 drawing calls
 _FIXED = float(1 << _SHIFT)
 _Z_SCALE = 3.0  # lung height / lung half-width, so vessel directions are isotropic in lung-local space
@@ -222,9 +242,9 @@ def patient_id(label: str, index: int, patients: int) -> str:
     return f"{label.lower()}_p{index + 1:0{width}d}"
 
 
-def patient_streams(seed: int, index: int) -> tuple[np.random.Generator, ...]:
-    """Independent RNGs (anatomy, findings, acquisition) of one patient, from (seed, index) only."""
-    children = np.random.SeedSequence([seed, index]).spawn(3)
+def patient_streams(seed: int, index: int, site: int = 1) -> tuple[np.random.Generator, ...]:
+    """Independent RNGs (anatomy, findings, acquisition) of one patient, from (seed, index[, site]) only."""
+    children = np.random.SeedSequence([seed, index] if site == 1 else [seed, index, site]).spawn(3)
     return tuple(np.random.default_rng(c) for c in children)
 
 
@@ -727,10 +747,13 @@ def _draw_bronchi(canvas: np.ndarray, m: np.ndarray, finding: Consolidation, k: 
     cv2.polylines(canvas, lines, False, 255, max(1, round(size / 300)), cv2.LINE_AA, _SHIFT)
 
 
-def simulate_acquisition(hu: np.ndarray, rng: np.random.Generator, noise_hu: float) -> np.ndarray:
-    """Scanner blur and spatially correlated Gaussian noise (in HU), scaled to the image size."""
+def simulate_acquisition(
+    hu: np.ndarray, rng: np.random.Generator, noise_hu: float, blur: float = 1.0
+) -> np.ndarray:
+    """Scanner blur (`blur` x the default kernel) and spatially correlated Gaussian noise (in HU), scaled to
+    the image size."""
     size = hu.shape[0]
-    sigma = 0.8 * size / 512
+    sigma = 0.8 * size / 512 * blur
     out = cv2.GaussianBlur(hu, (0, 0), sigma) if sigma >= 0.3 else hu.copy()
     noise = rng.standard_normal(hu.shape, dtype=np.float32)
     if sigma >= 0.3:
@@ -812,33 +835,56 @@ def synth_ct_slices(
     size: int = 512,
     slices: tuple[int, int] = DEFAULT_SLICES,
     progress: ProgressFn | None = None,
+    site: int = 1,
 ) -> pd.DataFrame:
-    """Write 2D CT slices as OUT/<class>/<patient>/slice_NNN.png, with lesion masks beside lesioned slices."""
+    """Write 2D CT slices as OUT/<class>/<patient>/slice_NNN.png, with lesion masks beside lesioned slices.
+
+    `site` 2 is a second source (see SITES): other patients, seen through another scanner and protocol.
+    """
     out = Path(out)
     _check_common(out, patients, seed, difficulty)
     size = _check_size(size)
     low, high = _check_slices(slices)
+    profile = _check_site(site)
     difficulty = float(difficulty)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, object]] = []
     labels = patient_labels(patients)
     for index, label in enumerate(labels):
-        anatomy_rng, findings_rng, scan_rng = patient_streams(int(seed), index)
-        pid = patient_id(label, index, patients)
-        phantom = make_phantom(label, difficulty, anatomy_rng, findings_rng, pid)
-        rows.extend(_write_patient_slices(out, phantom, scan_rng, size, (low, high)))
+        anatomy_rng, findings_rng, scan_rng = patient_streams(int(seed), index, int(site))
+        pid = profile.prefix + patient_id(label, index, patients)
+        phantom = site_phantom(make_phantom(label, difficulty, anatomy_rng, findings_rng, pid), profile)
+        rows.extend(_write_patient_slices(out, phantom, scan_rng, size, (low, high), profile))
         if progress is not None:
             progress(index + 1, patients)
-    _write_record(out, "ct-slices", patients, seed, difficulty, size=size, slices=[low, high])
+    _write_record(out, "ct-slices", patients, seed, difficulty, size=size, slices=[low, high], site=int(site))
     return pd.DataFrame(rows, columns=ROW_COLUMNS)
 
 
+def _check_site(site: int) -> SiteProfile:
+    if isinstance(site, bool) or site not in SITES:
+        raise CovidlensError(f"site={site!r} is not a synthetic site; use one of {', '.join(map(str, SITES))}")
+    return SITES[int(site)]
+
+
+def site_phantom(phantom: Phantom, profile: SiteProfile) -> Phantom:
+    """The phantom as a site's scanner sees it: body scaled by its field of view, noise by its noise factor."""
+    anatomy = dataclasses.replace(phantom.anatomy, zoom=phantom.anatomy.zoom * profile.field_of_view)
+    return dataclasses.replace(phantom, anatomy=anatomy, noise_hu=phantom.noise_hu * profile.noise)
+
+
 def _write_patient_slices(
-    out: Path, phantom: Phantom, rng: np.random.Generator, size: int, slices: tuple[int, int]
+    out: Path,
+    phantom: Phantom,
+    rng: np.random.Generator,
+    size: int,
+    slices: tuple[int, int],
+    profile: SiteProfile = SITES[1],
 ) -> list[dict[str, object]]:
     folder = out / phantom.label / phantom.patient_id
     count = int(rng.integers(slices[0], slices[1] + 1))
-    return _write_stack(folder, phantom, rng, slice_heights(rng, count), size, "slice_{:03d}")
+    acquired = acquire_stack(phantom, rng, slice_heights(rng, count), size, blur=profile.kernel)
+    return _write_png_stack(folder, phantom, acquired, "slice_{:03d}", window=profile.window)
 
 
 @dataclass(frozen=True, eq=False)
@@ -851,32 +897,35 @@ class AcquiredSlice:
 
 
 def acquire_stack(
-    phantom: Phantom, rng: np.random.Generator, heights: np.ndarray, size: int, segmented: bool = False
+    phantom: Phantom,
+    rng: np.random.Generator,
+    heights: np.ndarray,
+    size: int,
+    segmented: bool = False,
+    blur: float = 1.0,
 ) -> Iterator[AcquiredSlice]:
     """Render and acquire one slice per height, in order; `segmented` sets everything outside the lungs to air."""
     for z in heights:
         render = render_hu_slice(phantom, float(z), size)
-        hu = simulate_acquisition(render.hu, rng, phantom.noise_hu)
+        hu = simulate_acquisition(render.hu, rng, phantom.noise_hu, blur)
         if segmented:
             hu[~render.lung] = HU_AIR
         yield AcquiredSlice(hu, render.lung, render.lesion)
 
 
-def _write_stack(
-    folder: Path, phantom: Phantom, rng: np.random.Generator, heights: np.ndarray, size: int, stem: str
-) -> list[dict[str, object]]:
-    """Render, acquire and write one slice per height as `stem.format(i)`.png, a mask beside lesioned ones."""
-    return _write_png_stack(folder, phantom, acquire_stack(phantom, rng, heights, size), stem)
-
-
 def _write_png_stack(
-    folder: Path, phantom: Phantom, slices: Iterable[AcquiredSlice], stem: str, segmented: bool = False
+    folder: Path,
+    phantom: Phantom,
+    slices: Iterable[AcquiredSlice],
+    stem: str,
+    segmented: bool = False,
+    window: tuple[float, float] = LUNG_WINDOW,
 ) -> list[dict[str, object]]:
-    """Write slices in the lung window as `stem.format(i)`.png (outside the lungs black when `segmented`)."""
+    """Write slices in the (lung) window as `stem.format(i)`.png (outside the lungs black when `segmented`)."""
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
     for index, acquired in enumerate(slices):
-        image = lung_window(acquired.hu)
+        image = lung_window(acquired.hu, *window)
         if segmented:
             image[~acquired.lung] = 0  # as CC-CCII's lung-segmented images: black outside the lungs
         name = stem.format(index)

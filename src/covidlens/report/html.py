@@ -127,6 +127,28 @@ def levels_section(summary: dict) -> str:
     )
 
 
+def external_section(summary: dict) -> str:
+    """The external test set's results (per-class table, confusion matrix), if the run has one."""
+    external = summary.get("external")
+    if not external:
+        return ""
+    overall = external["overall"]
+    confusion = figures.confusion_matrices(
+        external["confusion_matrix"], external["confusion_matrix_normalized"], external["classes"]
+    )
+    return (
+        f"<h2>External test set</h2><p>{html.escape(str(external['data']))}: {external['n_samples']} samples of "
+        f"{external['n_patients']} patients, none of them in the training data (as paper 004's Test-2). Every fold "
+        f"model predicts the whole set and is one unit: values are {html.escape(external['ci_method'])}.</p>"
+        f"<p>Overall accuracy <b>{html.escape(format_mean_ci(overall['accuracy']))}</b>; macro-AUROC "
+        f"<b>{html.escape(format_mean_ci(overall['macro_auroc']))}</b>.</p>"
+        + _table(metrics_table(external))
+        + levels_section(external)
+        + "<p>Confusion matrix pooled over the fold models (each image counts once per model).</p>"
+        + _image(confusion, "confusion matrices of the external test set")
+    )
+
+
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -242,6 +264,7 @@ def build_report(run_dir: Path) -> str:
         "curves": _image(figures.training_curves(history), "training curves"),
         "explanations": explanations_section(run_dir),
         "extra_results": bootstrap_section(summary) + levels_section(summary),
+        "external": external_section(summary),
         "config": html.escape(yaml.safe_dump(config, sort_keys=False)),
     }
     return render_page("run_body.html", title, warning, fields)

@@ -17,6 +17,7 @@ from covidlens.data.adapters.base import IndexOptions
 from covidlens.data.cache import DecodedImages, ImageSource, build_cache
 from covidlens.data.index import index_dataset
 from covidlens.data.manifest import class_names, is_image_wise, read_manifest, write_manifest
+from covidlens.data.offline_augment import offline_training_set
 from covidlens.data.preprocess import Preprocessing, preprocessing_of, stored_size
 from covidlens.data.splits import check_folds, folds_from_split_column, patient_wise_folds, patient_wise_holdout
 from covidlens.data.volumes import VolumeSource, build_volume_table, volume_slice_rows
@@ -32,7 +33,15 @@ from covidlens.train.checkpoint import save_checkpoint
 from covidlens.train.trainer import FitResult, fit, predict_proba, select_device
 
 # Files a run writes while it is being set up, before config.yaml marks it as started.
-SETUP_FILES = {"run.json", "manifest.csv", "volumes.csv", "preprocessing.json", "folds.csv"}
+SETUP_FILES = {
+    "run.json",
+    "manifest.csv",
+    "volumes.csv",
+    "preprocessing.json",
+    "folds.csv",
+    "external_manifest.csv",
+    "external_volumes.csv",
+}
 
 
 class RunPaths:
@@ -48,6 +57,9 @@ class RunPaths:
         self.folds = root / "folds.csv"
         self.history = root / "history.csv"
         self.predictions = root / "predictions.csv"
+        self.external_manifest = root / "external_manifest.csv"
+        self.external_volumes = root / "external_volumes.csv"
+        self.external_predictions = root / "external_predictions.csv"
         self.metrics = root / "metrics.json"
         self.report = root / "report.html"
         self.cache = root / "cache"
@@ -82,6 +94,9 @@ class RunData:
     classes: list[str]
     device: torch.device
     prep: Preprocessing
+    external_test: str | None = None  # the external test set as given, when the run has one
+    external_manifest: pd.DataFrame | None = None
+    external_samples: pd.DataFrame | None = None  # its slices, or its volumes when data.depth is set
 
     @property
     def volume_mode(self) -> bool:
@@ -114,21 +129,28 @@ def fold_keys(folds: pd.DataFrame) -> list[tuple[int, int]]:
     return [(int(r), int(f)) for r, f in pairs.itertuples(index=False)]
 
 
-def _check_resumable(paths: RunPaths, recipe: Recipe, data: str) -> None:
-    """Refuse to resume a run made with another recipe or other data."""
+def _check_resumable(paths: RunPaths, recipe: Recipe, data: str, external_test: str | None = None) -> None:
+    """Refuse to resume a run made with another recipe, other data or another external test set."""
     if paths.config.read_text(encoding="utf-8") != recipe_to_yaml(recipe):
         raise CovidlensError(
             f"{paths.root}: holds a run with a different recipe; use another --out, "
             "or the same recipe and --set values to resume it"
         )
     try:
-        started_on = json.loads(paths.run_info.read_text(encoding="utf-8")).get("data")
+        info = json.loads(paths.run_info.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         raise CovidlensError(
             f"{paths.root}: run.json is missing or damaged; start the run in a new --out"
         ) from None
+    started_on = info.get("data")
     if started_on != data:
         raise CovidlensError(f"{paths.root}: was started on data {started_on!r}, not {data!r}")
+    external_before = info.get("external_test")
+    if external_before != external_test:
+        raise CovidlensError(
+            f"{paths.root}: was started with external test set {external_before!r}, not {external_test!r}; "
+            "give the same --external-test to resume it, or use another --out"
+        )
 
 
 def _check_new_run_folder(paths: RunPaths) -> None:
@@ -180,13 +202,18 @@ def _class_list(manifest: pd.DataFrame, recipe: Recipe) -> list[str]:
 
 
 def prepare_run(
-    recipe: Recipe, data: str, out: Path, layout: str | None, options: IndexOptions
+    recipe: Recipe,
+    data: str,
+    out: Path,
+    layout: str | None,
+    options: IndexOptions,
+    external_test: str | None = None,
 ) -> tuple[RunData, bool]:
     """Resume a run, or check everything a new one needs before its first file is written."""
     check_model_name(recipe.model.name)
     paths = RunPaths(out)
     if paths.config.is_file():
-        _check_resumable(paths, recipe, data)
+        _check_resumable(paths, recipe, data, external_test)
         manifest = read_manifest(paths.manifest)
         samples = _samples(manifest, recipe)
         folds = pd.read_csv(paths.folds, dtype={"sample_id": str})
@@ -194,7 +221,12 @@ def prepare_run(
         classes = _class_list(manifest, recipe)
         device = select_device(recipe.train.device)
         prep = _read_preprocessing(paths, recipe)
-        return RunData(paths, recipe, manifest, samples, folds, classes, device, prep), True
+        external = (None, None)
+        if external_test is not None:
+            external_manifest = read_manifest(paths.external_manifest)
+            external = (external_manifest, _samples(external_manifest, recipe))
+        run = RunData(paths, recipe, manifest, samples, folds, classes, device, prep, external_test, *external)
+        return run, True
     _check_new_run_folder(paths)
     manifest = _index(data, options, layout)
     classes = _class_list(manifest, recipe)
@@ -210,15 +242,54 @@ def prepare_run(
     )
     samples = _samples(manifest, recipe)
     folds = _make_folds(samples, recipe)
+    external_manifest, external_samples = None, None
+    if external_test is not None:
+        external_manifest = _index_external(external_test, options, manifest, classes, data)
+        external_samples = _samples(external_manifest, recipe)
     device = select_device(recipe.train.device)
     write_manifest(manifest, paths.manifest)
     if samples is not manifest:
         atomic.write_csv(paths.volumes, samples)
+    if external_manifest is not None:
+        write_manifest(external_manifest, paths.external_manifest)
+        if external_samples is not external_manifest:
+            atomic.write_csv(paths.external_volumes, external_samples)
     atomic.write_csv(paths.folds, folds)
     atomic.write_json(paths.preprocessing, prep.settings())
-    atomic.write_json(paths.run_info, {"data": data, "covidlens": __version__})
+    atomic.write_json(paths.run_info, {"data": data, "external_test": external_test, "covidlens": __version__})
     atomic.write_text(paths.config, recipe_to_yaml(recipe))  # last: marks the run as started
-    return RunData(paths, recipe, manifest, samples, folds, classes, device, prep), False
+    run = RunData(
+        paths, recipe, manifest, samples, folds, classes, device, prep, external_test, external_manifest,
+        external_samples,
+    )
+    return run, False
+
+
+def _index_external(
+    external_test: str, options: IndexOptions, manifest: pd.DataFrame, classes: list[str], data: str
+) -> pd.DataFrame:
+    """Index an external test set (its layout detected) and check it: only the run's classes, no patient and no
+    image of the training data."""
+    external = _index(external_test, options, None)
+    unknown = sorted(set(external["label"].astype(str)) - set(classes))
+    if unknown:
+        raise CovidlensError(
+            f"external test set {external_test}: labels {unknown} are not classes of the run {classes}; "
+            "an external test set may only hold the run's classes"
+        )
+    shared = sorted(set(external["patient_id"].astype(str)) & set(manifest["patient_id"].astype(str)))
+    if shared:
+        raise CovidlensError(
+            f"external test set {external_test}: patient {shared[0]!r} is also in the training data {data} "
+            f"({len(shared)} shared patient(s)); that leaks, so an external test set must hold other patients"
+        )
+    same_files = sorted(set(external["path"].astype(str)) & set(manifest["path"].astype(str)))
+    if same_files:
+        raise CovidlensError(
+            f"external test set {external_test}: image {same_files[0]} is also in the training data {data}; "
+            "an external test set must hold other images"
+        )
+    return external
 
 
 def _preprocessing(manifest: pd.DataFrame, recipe: Recipe) -> Preprocessing:
@@ -249,16 +320,39 @@ def _read_preprocessing(paths: RunPaths, recipe: Recipe) -> Preprocessing:
 def image_source(run: RunData, show: bool) -> ImageSource:
     """The run's samples: slices decoded once into the cache (unless the recipe turns caching off),
     stacked into volumes when the recipe sets data.depth."""
-    files = run.manifest["path"].astype(str).tolist()
-    frames = run.manifest["slice_index"].astype(int).tolist()
+    return _decoded_samples(run, run.manifest, run.samples, show, "decode + resize (once)")
+
+
+def external_source(run: RunData, show: bool) -> ImageSource:
+    """The external test set's samples, decoded with the run's preprocessing into the run's cache."""
+    if run.external_manifest is None or run.external_samples is None:
+        raise CovidlensError(f"{run.paths.root}: the run has no external test set")
+    return _decoded_samples(run, run.external_manifest, run.external_samples, show, "decode external set (once)")
+
+
+def _decoded_samples(
+    run: RunData, manifest: pd.DataFrame, samples: pd.DataFrame, show: bool, title: str
+) -> ImageSource:
+    files = manifest["path"].astype(str).tolist()
+    frames = manifest["slice_index"].astype(int).tolist()
     if not run.recipe.data.cache:
         slices: ImageSource = DecodedImages(files, run.prep, frames)
     else:
-        with progress_bar("decode + resize (once)", len(files), show) as update:
+        with progress_bar(title, len(files), show) as update:
             slices = build_cache(files, run.prep, run.paths.cache, update, frames)
     if not run.volume_mode:
         return slices
-    return VolumeSource(slices, volume_slice_rows(run.manifest, run.samples))
+    return VolumeSource(slices, volume_slice_rows(manifest, samples))
+
+
+def fold_training_set(
+    run: RunData, source: ImageSource, round_index: int, fold: int
+) -> tuple[ImageSource, np.ndarray, np.ndarray]:
+    """The image source, labels and rows one fold trains on: its training rows, plus their augmented copies
+    (appended after the run's samples) when the recipe sets train.offline_augment."""
+    seed = fold_seed(run.recipe.cv.seed, round_index, fold)
+    train_rows = run.rows(round_index, fold, "train")
+    return offline_training_set(source, run.labels, train_rows, run.recipe.train.offline_augment, seed)
 
 
 def train_fold(
@@ -278,6 +372,7 @@ def train_fold(
         options=recipe.model.options,
         input_shape=run.prep.shape,
     )
+    train_source, labels, train_rows = fold_training_set(run, source, round_index, fold)
     with progress_bar(f"train round {round_index + 1} fold {fold + 1}", recipe.train.epochs, show) as update:
 
         def on_epoch(record: dict) -> None:
@@ -287,9 +382,9 @@ def train_fold(
 
         result = fit(
             model,
-            source,
-            run.labels,
-            run.rows(round_index, fold, "train"),
+            train_source,
+            labels,
+            train_rows,
             run.rows(round_index, fold, "val"),
             recipe.train,
             recipe.data.channels,
@@ -301,10 +396,15 @@ def train_fold(
 
 
 def predictions_table(
-    run: RunData, rows: np.ndarray, probs: np.ndarray, round_index: int, fold: int
+    run: RunData,
+    rows: np.ndarray,
+    probs: np.ndarray,
+    round_index: int,
+    fold: int,
+    samples: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """The Predictions table of one fold's test rows."""
-    test = run.samples.iloc[rows]
+    """The Predictions table of one fold's test rows (of `samples`, by default the run's)."""
+    test = (run.samples if samples is None else samples).iloc[rows]
     table = pd.DataFrame(
         {
             "sample_id": test["sample_id"].to_numpy(),
@@ -322,9 +422,15 @@ def predictions_table(
 
 
 def write_fold(
-    run: RunData, source: ImageSource, model: torch.nn.Module, result: FitResult, key: tuple[int, int]
+    run: RunData,
+    source: ImageSource,
+    model: torch.nn.Module,
+    result: FitResult,
+    key: tuple[int, int],
+    external: ImageSource | None = None,
 ) -> None:
-    """Write a fold's checkpoint, history and test predictions; the predictions go last and mark it done."""
+    """Write a fold's checkpoint, history, predictions of the external test set (`external`, when the run has
+    one) and test predictions; the test predictions go last and mark the fold done."""
     round_index, fold = key
     paths, recipe = run.paths, run.recipe
     save_checkpoint(
@@ -334,6 +440,13 @@ def write_fold(
     atomic.write_csv(
         paths.fold_dir(*key) / "history.csv", result.history.assign(round=round_index, fold=fold)
     )
+    if external is not None and run.external_samples is not None:
+        rows = np.arange(len(run.external_samples))
+        probs = predict_proba(model, external, rows, recipe.train.batch_size, recipe.data.channels, run.device)
+        atomic.write_csv(
+            paths.fold_dir(*key) / "external_predictions.csv",
+            predictions_table(run, rows, probs, *key, samples=run.external_samples),
+        )
     rows = run.rows(round_index, fold, "test")
     probs = predict_proba(model, source, rows, recipe.train.batch_size, recipe.data.channels, run.device)
     atomic.write_csv(paths.fold_dir(*key) / "predictions.csv", predictions_table(run, rows, probs, *key))
@@ -347,13 +460,16 @@ def run_cv(
     options: IndexOptions | None = None,
     show_progress: bool = True,
     cache_dir: str | Path | None = None,
+    external_test: str | Path | None = None,
 ) -> dict:
     """Run (or resume) patient-wise repeated k-fold CV; return the metrics summary written to metrics.json.
 
-    `cache_dir` lets several runs on the same data share one decode-once cache (a sweep does).
+    `cache_dir` lets several runs on the same data share one decode-once cache (a sweep does). Every fold model
+    also predicts `external_test` (a dataset folder or manifest CSV of other patients), scored apart.
     """
-    data = str(Path(data).resolve()) if Path(data).exists() else str(data)
-    run, resumed = prepare_run(recipe, data, Path(out), layout, options or IndexOptions())
+    data = _resolved(data)
+    external = None if external_test is None else _resolved(external_test)
+    run, resumed = prepare_run(recipe, data, Path(out), layout, options or IndexOptions(), external)
     if cache_dir is not None:
         run.paths.cache = Path(cache_dir)
     if resumed:
@@ -363,10 +479,15 @@ def run_cv(
     todo = [key for key in fold_keys(run.folds) if not run.paths.fold_done(*key)]
     if todo:
         source = image_source(run, show_progress)
+        external_images = external_source(run, show_progress) if external is not None else None
         for key in todo:
             model, result = train_fold(run, source, *key, show_progress)
-            write_fold(run, source, model, result, key)
+            write_fold(run, source, model, result, key, external_images)
     return finish_run(run)
+
+
+def _resolved(path: str | Path) -> str:
+    return str(Path(path).resolve()) if Path(path).exists() else str(path)
 
 
 def finish_run(run: RunData) -> dict:
@@ -379,26 +500,47 @@ def finish_run(run: RunData) -> dict:
     atomic.write_csv(paths.history, history)
     summary = summarize_run(predictions, run.classes, run.recipe)
     summary["image_wise"] = is_image_wise(run.manifest)
+    if run.external_samples is not None:
+        external = pd.concat(
+            [pd.read_csv(d / "external_predictions.csv", dtype={"sample_id": str}) for d in fold_dirs]
+        )
+        atomic.write_csv(paths.external_predictions, external)
+        summary["external"] = summarize_external(external, run.classes, run.recipe) | {
+            "data": run.external_test,
+            "n_samples": int(len(run.external_samples)),
+            "n_patients": int(run.external_samples["patient_id"].nunique()),
+        }
     atomic.write_json(paths.metrics, summary)
     return summary
 
 
-def summarize_run(predictions: pd.DataFrame, classes: list[str], recipe: Recipe) -> dict:
-    """metrics.json: CV mean ± CI per metric, plus the recipe's aggregation levels and bootstrap CIs."""
+def summarize_external(predictions: pd.DataFrame, classes: list[str], recipe: Recipe) -> dict:
+    """metrics.json's `external`: each fold model's predictions on the whole external set are one CV unit."""
+    return summarize_run(predictions, classes, recipe, unit="fold", bootstrap=False)
+
+
+def summarize_run(
+    predictions: pd.DataFrame, classes: list[str], recipe: Recipe, unit: str | None = None, bootstrap: bool = True
+) -> dict:
+    """metrics.json: CV mean ± CI per metric, plus the recipe's aggregation levels and bootstrap CIs.
+
+    `unit` overrides evaluate.ci_unit; `bootstrap` False leaves the recipe's bootstrap out.
+    """
     evaluate = recipe.evaluate
-    summary = summarize_cv(predictions, classes, unit=evaluate.ci_unit, confidence=evaluate.confidence)
+    unit = unit or evaluate.ci_unit
+    summary = summarize_cv(predictions, classes, unit=unit, confidence=evaluate.confidence)
     if evaluate.levels:
         summary["levels"] = {
             level: summarize_cv(
                 aggregate_predictions(predictions, classes, level, evaluate.aggregation),
                 classes,
-                unit=evaluate.ci_unit,
+                unit=unit,
                 confidence=evaluate.confidence,
             )
             | {"aggregation": evaluate.aggregation}
             for level in evaluate.levels
         }
-    if evaluate.bootstrap_resamples:
+    if bootstrap and evaluate.bootstrap_resamples:
         first_round = predictions[predictions["round"] == predictions["round"].min()]
         summary["bootstrap"] = bootstrap_metrics(
             first_round,
