@@ -301,6 +301,23 @@ def predict(
 
 
 @app.command()
+def efficiency(
+    runs: Annotated[list[Path], typer.Argument(help="finished run directories, one table row each")],
+    images: Annotated[int, typer.Option(help="test images timed per run (one at a time, after one warm-up)")] = 20,
+    threads: Annotated[str, typer.Option(help="torch CPU thread settings to time, e.g. 1,all")] = "1,all",
+    output: Annotated[Path, typer.Option("-o", "--output", help="CSV to write")] = Path("efficiency.csv"),
+) -> None:
+    """Paper 004's Table 7: sensitivity, parameters (M), sensitivity / parameters and CPU ms per image."""
+    from covidlens import atomic
+    from covidlens.evaluate.efficiency import efficiency_rich_table, efficiency_table, parse_threads
+
+    table = efficiency_table(runs, images=images, threads=parse_threads(threads))
+    out_console.print(efficiency_rich_table(table))
+    atomic.write_csv(output, table)
+    console.print(f"wrote {output} ({len(table)} runs)")
+
+
+@app.command()
 def explain(
     model: Annotated[Path, typer.Argument(help="run directory (fold model 0; see --fold-model) or a checkpoint .pt")],
     paths: Annotated[
