@@ -152,12 +152,18 @@ def unwrap_enclosing_folder(path: Path, max_depth: int = 3) -> Path:
     return path
 
 
-def match_class_folders(root: Path, labels: dict[str, str]) -> dict[str, Path]:
-    """Map canonical label -> folder for folders of `root` named (any case) as the keys of `labels`."""
+def match_class_folders(root: Path, labels: dict[str, str], unknown: str | None = None) -> dict[str, Path]:
+    """Map canonical label -> folder for folders of `root` named (any case) as the keys of `labels`.
+
+    Other folders are passed over, or, when `unknown` says what is allowed and what to do, refused:
+    "<folder>: folder 'x' is not <unknown>".
+    """
     found: dict[str, Path] = {}
     for folder in subfolders(root):
         label = labels.get(folder.name.casefold())
         if label is None:
+            if unknown is not None:
+                raise CovidlensError(f"{folder}: folder {folder.name!r} is not {unknown}")
             continue
         if label in found:
             raise CovidlensError(f"{root}: both {found[label].name} and {folder.name} exist; keep one")

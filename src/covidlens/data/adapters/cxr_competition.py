@@ -24,6 +24,7 @@ from covidlens.data.adapters.common import (
     images_outside,
     list_images,
     list_some,
+    match_class_folders,
     not_image_reasons,
     pick_column,
     read_table,
@@ -66,17 +67,11 @@ def class_folders(root: Path) -> dict[str, Path]:
     train = _train_folder(root)
     if train is None:
         raise CovidlensError(f"{root}: no train/ folder; the {NAME} layout is train/<class>/<images> + test/<images>")
-    found: dict[str, Path] = {}
-    for folder in subfolders(train):
-        label = LABELS.get(folder.name.casefold())
-        if label is None:
-            raise CovidlensError(
-                f"{folder}: class folder {folder.name!r} is not one of {', '.join(CLASSES)} (any letter case); "
-                f"rename or remove it, or index the folder with --format class-folders"
-            )
-        if label in found:
-            raise CovidlensError(f"{train}: both {found[label].name} and {folder.name} are class {label}; keep one")
-        found[label] = folder
+    unknown = (
+        f"one of {', '.join(CLASSES)} (any letter case); rename or remove it, or index the folder with "
+        "--format class-folders"
+    )
+    found = match_class_folders(train, LABELS, unknown)
     missing = [label for label in CLASSES if label not in found]
     if missing:
         raise CovidlensError(

@@ -28,9 +28,9 @@ from covidlens.data.adapters.common import (
     images_outside,
     list_images,
     list_some,
+    match_class_folders,
     not_image_reasons,
     relative_id,
-    subfolders,
     unwrap_enclosing_folder,
 )
 from covidlens.errors import CovidlensError
@@ -71,17 +71,11 @@ def _split_candidates(
     dataset_root: Path, split: str, folder: Path
 ) -> tuple[list[Candidate], list[tuple[str, str]], list[Path]]:
     """Candidates of one split folder, the files skipped there, and its class folders."""
-    class_dirs: dict[str, Path] = {}
-    for child in subfolders(folder):
-        key = child.name.casefold()
-        if key not in FOLDERS:
-            raise CovidlensError(
-                f"{child}: folder {child.name!r} is not NORMAL or PNEUMONIA (any letter case); the {NAME} layout is "
-                f"{{train,val,test}}/{{NORMAL,PNEUMONIA}}/; move it out, or index with --format class-folders"
-            )
-        if key in class_dirs:
-            raise CovidlensError(f"{folder}: both {class_dirs[key].name} and {child.name} exist; keep one")
-        class_dirs[key] = child
+    unknown = (
+        f"NORMAL or PNEUMONIA (any letter case); the {NAME} layout is {{train,val,test}}/{{NORMAL,PNEUMONIA}}/; "
+        "move it out, or index with --format class-folders"
+    )
+    class_dirs = match_class_folders(folder, {key: key for key in FOLDERS}, unknown)
     candidates: list[Candidate] = []
     skipped: list[tuple[str, str]] = []
     for key, class_dir in class_dirs.items():
