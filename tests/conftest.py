@@ -42,3 +42,14 @@ def tiny_run(tmp_path_factory) -> Path:
     recipe = load_recipe("demo", ["data.image_size=64", "train.epochs=1", "cv.folds=2", "train.threads=1"])
     run_cv(recipe, root / "data", root / "run", show_progress=False)
     return root
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: one thread is faster than two competing ones on a shared 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -26,14 +26,7 @@ from covidlens.explain.render import draw_overlay, save_montage, save_overlay
 from covidlens.models import create_model
 from covidlens.train.checkpoint import save_checkpoint
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster than two competing ones on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class PooledNet(nn.Module):

@@ -28,14 +28,7 @@ from covidlens.explain.render import DPI, gallery_size
 from covidlens.report.html import build_report
 from covidlens.train.checkpoint import load_checkpoint, save_checkpoint
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster than two competing ones on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def fold_checkpoints(tiny_run: Path) -> list[Path]:

@@ -102,7 +102,18 @@ def load_gray_uint8(
     lung_mask: bool = False,
 ) -> np.ndarray:
     """Decode, grayscale, window or scale to [0, 1], optionally keep only the lungs, resize, and quantise
-    to uint8: one model-ready slice. HU files without a window get the lung window DEFAULT_HU_WINDOW."""
+    to uint8: one model-ready slice."""
+    return to_uint8(resize_square(load_unit(path, window, frame, lung_mask), size))
+
+
+def load_unit(
+    path: str | Path,
+    window: tuple[float, float] | None = None,
+    frame: int | None = None,
+    lung_mask: bool = False,
+) -> np.ndarray:
+    """One slice decoded, in gray, windowed or scaled to float [0, 1] at its stored size, optionally only the
+    lungs kept. HU files without a window get the lung window DEFAULT_HU_WINDOW."""
     if window is None and is_hu_file(path):
         window = DEFAULT_HU_WINDOW
     unit = to_unit_range(to_gray(read_slice(path, frame)), window)
@@ -110,7 +121,12 @@ def load_gray_uint8(
         from covidlens.data.lungs import mask_outside_lungs
 
         unit = mask_outside_lungs(unit)
-    return np.round(resize_square(unit, size) * 255.0).astype(np.uint8)
+    return unit
+
+
+def to_uint8(unit: np.ndarray) -> np.ndarray:
+    """[0, 1] floats quantised to 0..255."""
+    return np.round(unit * 255.0).astype(np.uint8)
 
 
 def to_model_input(batch: np.ndarray, channels: int) -> np.ndarray:
@@ -152,13 +168,7 @@ class Preprocessing:
         if self.resize == "square":
             image = load_gray_uint8(path, self.size, self.window, frame, self.lung_mask)
         else:
-            window = self.window if self.window is not None or not is_hu_file(path) else DEFAULT_HU_WINDOW
-            unit = to_unit_range(to_gray(read_slice(path, frame)), window)
-            if self.lung_mask:
-                from covidlens.data.lungs import mask_outside_lungs
-
-                unit = mask_outside_lungs(unit)
-            gray = np.round(unit * 255.0).astype(np.uint8)
+            gray = to_uint8(load_unit(path, self.window, frame, self.lung_mask))
             image = RESIZE_METHODS[self.resize](gray, method_target(self.resize, self.threshold))
         if self.clahe_clip is not None:
             image = clahe(image, self.clahe_clip, self.clahe_grid)
