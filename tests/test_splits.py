@@ -153,3 +153,24 @@ def test_holdout_reproduces_table_1_patient_counts_without_leaks():
     assert (first != second).any()
     again = patient_wise_holdout(manifest, 0.2, 0.275, rounds=2, seed=0)
     pd.testing.assert_frame_equal(folds, again)
+
+
+def test_holdout_of_mixed_sources_gives_each_split_its_share_of_each_source():
+    # paper 004's arrangement 2: a COVID / not-COVID source mixed with a COVID-only one (60 / 20 / 20 of 100)
+    rows = [
+        {"sample_id": f"{source}-{label}{i}", "label": label, "patient_id": f"{source}-{label}{i}", "source": source}
+        for source, counts in (("zhao", {"COVID": 216, "NonCOVID": 198}), ("italy", {"COVID": 100}))
+        for label, n in counts.items()
+        for i in range(n)
+    ]
+    manifest = pd.DataFrame(rows)
+    folds = patient_wise_holdout(manifest, test_fraction=0.2, val_fraction=0.25, rounds=3, seed=0).merge(manifest)
+    for _, part in folds.groupby("round"):
+        italian = part[part["source"] == "italy"]["role"].value_counts().to_dict()
+        assert italian == {"train": 60, "val": 20, "test": 20}
+        assert part.groupby("patient_id")["role"].nunique().max() == 1
+    one_source = manifest.assign(source="zhao")  # one source: stratified by class alone, as before
+    pd.testing.assert_frame_equal(
+        patient_wise_holdout(one_source, 0.2, 0.25, 1, 0),
+        patient_wise_holdout(one_source.drop(columns="source"), 0.2, 0.25, 1, 0),
+    )

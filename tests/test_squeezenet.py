@@ -7,6 +7,7 @@ from torch import nn
 
 from covidlens.models import MODELS, create_model
 from covidlens.models.describe import cam_layer, feature_layers
+from covidlens.models.registry import load_weights
 from covidlens.models.squeezenet import Fire
 
 # Iandola et al. 2016, Table 1: SqueezeNet 1.0 has 1,248,424 parameters (1000 classes), as torchvision's too.
@@ -42,6 +43,24 @@ def test_squeezenet_without_bypass_computes_what_torchvision_computes():
             mine.copy_(theirs)
         x = torch.rand(2, 3, 224, 224)
         torch.testing.assert_close(ours(x), reference(x))
+
+
+@pytest.mark.parametrize("name", ["SqueezeNet1.0", "SqueezeNet1.0-bypass"])
+def test_torchvision_imagenet_file_transfers_every_layer_but_the_head(tmp_path, name):
+    reference = torchvision.models.squeezenet1_0(num_classes=1000).eval()
+    weights = tmp_path / "squeezenet1_0.pth"  # the layout of torchvision's squeezenet1_0-b66bff10.pth
+    torch.save(reference.state_dict(), weights)
+    model = create_model(name, num_classes=2)
+    report = load_weights(model, weights)
+    assert (report.loaded, report.missing, report.unexpected) == (50, [], [])  # stem + 8 Fires x 3 convs
+    assert report.mismatched == ["classifier.1.bias", "classifier.1.weight"]  # the 1000-class head
+    torch.testing.assert_close(model.fires["fire9"].expand3[0].weight, reference.features[12].expand3x3.weight)
+    torch.testing.assert_close(model.stem[0].bias, reference.features[0].bias)
+    if name == "SqueezeNet1.0":  # with a 1000-class head too, it computes what torchvision computes
+        full = create_model(name, num_classes=1000, weights=weights).eval()
+        x = torch.rand(2, 3, 224, 224)
+        with torch.no_grad():
+            torch.testing.assert_close(full(x), reference(x))
 
 
 def test_bypass_adds_the_input_of_fires_3_5_7_9():

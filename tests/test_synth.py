@@ -520,3 +520,11 @@ def test_cli_writes_a_second_site(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert json.loads((out / "synth.json").read_text())["site"] == 2
     assert sorted(p.name for p in (out / "COVID").iterdir()) == ["s2_covid_p001"]
+
+
+def test_classes_writes_only_the_named_classes(tmp_path: Path) -> None:
+    rows = synth.synth_ct_slices(tmp_path / "covid", 4, size=32, slices=(1, 1), site=2, classes=["COVID"])
+    assert set(rows.label) == {"COVID"} and rows.patient_id.nunique() == 4
+    assert json.loads((tmp_path / "covid" / "synth.json").read_text())["classes"] == {"COVID": 4}
+    with pytest.raises(CovidlensError, match="'Pneumonia'.*COVID, Healthy, Others"):
+        synth.synth_ct_slices(tmp_path / "bad", 4, size=32, classes=["Pneumonia"])

@@ -55,6 +55,11 @@ def synth(
             "field of view, a smoother kernel) for an external test set"
         ),
     ] = 1,
+    classes: Annotated[
+        str | None,
+        typer.Option(help="ct-slices only: write only these classes, comma-separated (e.g. COVID for a COVID-only "
+                     "source)"),
+    ] = None,
 ) -> None:
     """Write synthetic chest CT: class / patient / (scan /) slice PNGs with lesion masks beside them."""
     from covidlens.data.synth import synthesize
@@ -71,6 +76,8 @@ def synth(
         options["segmented"] = True
     if site != 1:
         options["site"] = site
+    if classes is not None:
+        options["classes"] = [c.strip() for c in classes.split(",") if c.strip()]
     with progress_bar(f"synth {kind}", patients) as update:
         rows = synthesize(
             kind, out, patients, seed=seed, difficulty=difficulty, size=size, progress=update, **options

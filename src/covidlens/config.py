@@ -29,6 +29,11 @@ class DataConfig(Section):
         False, description="keep only the lungs (classical segmentation): paper 002's 'segmented CT' variant"
     )
     classes: list[str] | None = Field(None, description="class order; default: sorted labels")
+    relabel: dict[str, str] = Field(
+        {},
+        description="rename labels as the data is indexed, e.g. {Healthy: NonCOVID, Others: NonCOVID} for "
+        "COVID vs not-COVID (paper 004); labels not named keep theirs",
+    )
     depth: int | None = Field(
         None, ge=2, description="stack this many adjacent slices of a scan into one volume (3D models); none: slices"
     )

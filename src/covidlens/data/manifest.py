@@ -23,6 +23,7 @@ MANIFEST_COLUMNS = [
 #   patient_id_from  where patient_id came from: layout, regex, csv, or none (image-wise run)
 #   split            a fixed train / val / test assignment shipped with the dataset
 #   mask_path        a lesion mask for the image (synthetic data), used by explanation checks
+#   original_label   the label as the data names it, where the recipe's data.relabel renamed it
 OPTIONAL_COLUMNS = ["patient_id_from", "split", "mask_path"]
 IMAGE_WISE = "none"
 MASK_SUFFIX = ".mask.png"  # a lesion mask beside its image: slice_007.png -> slice_007.mask.png
@@ -97,6 +98,18 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
 def write_manifest(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write a manifest atomically."""
     return atomic.write_csv(path, frame)
+
+
+def relabel_manifest(frame: pd.DataFrame, mapping: dict[str, str]) -> pd.DataFrame:
+    """The manifest with labels renamed by `mapping` (classes merged); the data's own label stays in
+    `original_label`."""
+    if not mapping:
+        return frame
+    frame = frame.copy()
+    if "original_label" not in frame:
+        frame["original_label"] = frame["label"]
+    frame["label"] = frame["label"].astype(str).replace(mapping)
+    return frame
 
 
 def class_names(frame: pd.DataFrame) -> list[str]:

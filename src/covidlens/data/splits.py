@@ -13,8 +13,15 @@ ROLES = ("train", "val", "test")
 
 
 def patient_table(manifest: pd.DataFrame) -> pd.DataFrame:
-    """One row per patient with its class (a patient has one class; the manifest checks that)."""
-    return manifest.groupby("patient_id", sort=True)["label"].first().reset_index()
+    """One row per patient with its class (a patient has one class; the manifest checks that) and its stratum:
+    the class, or class and source where the data mixes sources (paper 004's arrangement 2), so that every
+    split gets its share of each source."""
+    patients = manifest.groupby("patient_id", sort=True)["label"].first().reset_index()
+    patients["stratum"] = patients["label"].astype(str)
+    if "source" in manifest and manifest["source"].nunique() > 1:
+        source = manifest.groupby("patient_id", sort=True)["source"].first().to_numpy()
+        patients["stratum"] = patients["stratum"] + " / " + source.astype(str)
+    return patients
 
 
 def _check_enough_patients(patients: pd.DataFrame, folds: int) -> None:
@@ -37,9 +44,12 @@ def _validation_patients(patients: pd.DataFrame, fraction: float, seed: int) -> 
     n_val = min(n_val, len(pool) - pool["label"].nunique())
     if n_val < 1:
         raise CovidlensError(f"only {len(patients)} training patients: too few for a validation split; add patients")
-    pool_counts = pool["label"].value_counts()
-    can_stratify = len(pool_counts) <= n_val <= len(pool) - len(pool_counts)
-    stratify = pool["label"] if can_stratify else None
+    stratify = None
+    for column in ("stratum", "label"):  # the finest stratification the pool is large enough for
+        counts = pool[column].value_counts()
+        if len(counts) <= n_val <= len(pool) - len(counts) and counts.min() >= 2:
+            stratify = pool[column]
+            break
     _, val = train_test_split(pool, test_size=n_val, random_state=seed, stratify=stratify)
     return set(val["patient_id"])
 

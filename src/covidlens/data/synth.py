@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import inspect
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -836,20 +836,24 @@ def synth_ct_slices(
     slices: tuple[int, int] = DEFAULT_SLICES,
     progress: ProgressFn | None = None,
     site: int = 1,
+    classes: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Write 2D CT slices as OUT/<class>/<patient>/slice_NNN.png, with lesion masks beside lesioned slices.
 
     `site` 2 is a second source (see SITES): other patients, seen through another scanner and protocol.
+    `classes` writes only those classes, in their usual proportions (e.g. COVID only, as paper 004's
+    Italian source).
     """
     out = Path(out)
     _check_common(out, patients, seed, difficulty)
     size = _check_size(size)
     low, high = _check_slices(slices)
     profile = _check_site(site)
+    shares = _class_shares(classes)
     difficulty = float(difficulty)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, object]] = []
-    labels = patient_labels(patients)
+    labels = patient_labels(patients, shares)
     for index, label in enumerate(labels):
         anatomy_rng, findings_rng, scan_rng = patient_streams(int(seed), index, int(site))
         pid = profile.prefix + patient_id(label, index, patients)
@@ -857,8 +861,22 @@ def synth_ct_slices(
         rows.extend(_write_patient_slices(out, phantom, scan_rng, size, (low, high), profile))
         if progress is not None:
             progress(index + 1, patients)
-    _write_record(out, "ct-slices", patients, seed, difficulty, size=size, slices=[low, high], site=int(site))
+    _write_record(
+        out, "ct-slices", patients, seed, difficulty, shares, size=size, slices=[low, high], site=int(site)
+    )
     return pd.DataFrame(rows, columns=ROW_COLUMNS)
+
+
+def _class_shares(classes: Sequence[str] | None) -> dict[str, int]:
+    """Paper 000's class shares, restricted to `classes` (all of them when None)."""
+    if classes is None:
+        return CLASS_SHARES
+    unknown = [c for c in classes if c not in CLASS_SHARES]
+    if unknown or not classes:
+        raise CovidlensError(
+            f"classes {list(classes)!r}: ct-slices writes {', '.join(CLASS_NAMES)}; name one or more of them"
+        )
+    return {c: CLASS_SHARES[c] for c in CLASS_NAMES if c in classes}
 
 
 def _check_site(site: int) -> SiteProfile:

@@ -266,9 +266,15 @@ class WeightsReport:
 
 
 def load_weights(model: nn.Module, path: str | Path) -> WeightsReport:
-    """Load a local state dict, skipping tensors whose shape differs (e.g. a 1000-class head)."""
+    """Load a local state dict, skipping tensors whose shape differs (e.g. a 1000-class head).
+
+    A model with a `translate_state_dict` method renames another library's keys first (e.g. our SqueezeNet
+    reads torchvision's ImageNet file).
+    """
     state = read_torch_file(path, "PyTorch weights file")
     state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if isinstance(state, dict) and hasattr(model, "translate_state_dict"):
+        state = model.translate_state_dict(state)
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not usable:

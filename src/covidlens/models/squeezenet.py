@@ -31,6 +31,11 @@ FIRE_WIDTHS = [
     (64, 256, 256),
 ]
 POOL_AFTER = {4, 8}  # Fire numbers
+# torchvision's squeezenet1_0 (the ImageNet weights paper 004 transfers): its `features` index of each of our
+# layers, and its names of a Fire module's convolutions.
+TORCHVISION_STEM = "features.0"
+TORCHVISION_FIRES = {2: 3, 3: 4, 4: 5, 5: 7, 6: 8, 7: 9, 8: 10, 9: 12}
+TORCHVISION_FIRE_CONVS = {"squeeze": "squeeze.0", "expand1x1": "expand1.0", "expand3x3": "expand3.0"}
 BYPASSED = {3, 5, 7, 9}  # Fire numbers whose input is added to their output in the simple-bypass variant
 ARCHITECTURE_DROPOUT = 0.5  # SqueezeNet's dropout before its classifier convolution
 UPSAMPLE_CHANNELS = 64  # the paper does not give it; 64 makes the model 1.29 M parameters (paper: 1.26 M)
@@ -91,6 +96,16 @@ class SqueezeNet(nn.Module):
         activation = nn.ELU if custom_fire else nn.ReLU
         self.classifier = nn.Sequential(_dropout(drop_rate), nn.Conv2d(512, num_classes, 1), activation(inplace=True))
         self.feature_layers = ["stem", "fires.fire4", "fires.fire8", "fires.fire9"]
+
+    @staticmethod
+    def translate_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A torchvision squeezenet1_0 state dict under this model's names (other keys unchanged)."""
+        names = {f"{TORCHVISION_STEM}.{p}": f"stem.0.{p}" for p in ("weight", "bias")}
+        for number, index in TORCHVISION_FIRES.items():
+            for theirs, ours in TORCHVISION_FIRE_CONVS.items():
+                for p in ("weight", "bias"):
+                    names[f"features.{index}.{theirs}.{p}"] = f"fires.fire{number}.{ours}.{p}"
+        return {names.get(key, key): value for key, value in state.items()}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)

@@ -16,7 +16,7 @@ from covidlens.config import Recipe, recipe_to_yaml
 from covidlens.data.adapters.base import IndexOptions
 from covidlens.data.cache import DecodedImages, ImageSource, build_cache
 from covidlens.data.index import index_dataset
-from covidlens.data.manifest import class_names, is_image_wise, read_manifest, write_manifest
+from covidlens.data.manifest import class_names, is_image_wise, read_manifest, relabel_manifest, write_manifest
 from covidlens.data.offline_augment import offline_training_set
 from covidlens.data.preprocess import Preprocessing, preprocessing_of, stored_size
 from covidlens.data.splits import check_folds, folds_from_split_column, patient_wise_folds, patient_wise_holdout
@@ -163,11 +163,11 @@ def _check_new_run_folder(paths: RunPaths) -> None:
             raise CovidlensError(f"{paths.root}: exists and is not a covidlens run; choose another --out")
 
 
-def _index(data: str, options: IndexOptions, layout: str | None) -> pd.DataFrame:
+def _index(data: str, options: IndexOptions, layout: str | None, relabel: dict[str, str]) -> pd.DataFrame:
     result = index_dataset(data, layout=layout, options=options)
     if result.skipped:
         console.print(f"[yellow]skipped {len(result.skipped)} unreadable file(s) while indexing {data}[/]")
-    return result.manifest
+    return relabel_manifest(result.manifest, relabel)
 
 
 def _make_folds(samples: pd.DataFrame, recipe: Recipe) -> pd.DataFrame:
@@ -228,7 +228,7 @@ def prepare_run(
         run = RunData(paths, recipe, manifest, samples, folds, classes, device, prep, external_test, *external)
         return run, True
     _check_new_run_folder(paths)
-    manifest = _index(data, options, layout)
+    manifest = _index(data, options, layout, recipe.data.relabel)
     classes = _class_list(manifest, recipe)
     _check_positive_class(recipe, classes)
     prep = _preprocessing(manifest, recipe)
@@ -244,7 +244,7 @@ def prepare_run(
     folds = _make_folds(samples, recipe)
     external_manifest, external_samples = None, None
     if external_test is not None:
-        external_manifest = _index_external(external_test, options, manifest, classes, data)
+        external_manifest = _index_external(external_test, options, manifest, classes, data, recipe.data.relabel)
         external_samples = _samples(external_manifest, recipe)
     device = select_device(recipe.train.device)
     write_manifest(manifest, paths.manifest)
@@ -266,11 +266,16 @@ def prepare_run(
 
 
 def _index_external(
-    external_test: str, options: IndexOptions, manifest: pd.DataFrame, classes: list[str], data: str
+    external_test: str,
+    options: IndexOptions,
+    manifest: pd.DataFrame,
+    classes: list[str],
+    data: str,
+    relabel: dict[str, str],
 ) -> pd.DataFrame:
     """Index an external test set (its layout detected) and check it: only the run's classes, no patient and no
     image of the training data."""
-    external = _index(external_test, options, None)
+    external = _index(external_test, options, None, relabel)
     unknown = sorted(set(external["label"].astype(str)) - set(classes))
     if unknown:
         raise CovidlensError(
