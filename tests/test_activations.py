@@ -13,6 +13,7 @@ from torch import nn
 
 from cli_helpers import assert_one_line_error, covidlens
 from covidlens.config import load_recipe
+from covidlens.data.preprocess import preprocessing_of
 from covidlens.data.synth import synthesize
 from covidlens.errors import CovidlensError
 from covidlens.explain import activations as act
@@ -182,7 +183,7 @@ def test_volume_checkpoint_on_a_scan_folder(tmp_path):
     scan.mkdir()
     for number in (1, 2, 10, 3, 20):  # natural order 1, 2, 3, 10: the first depth=4 slices
         cv2.imwrite(str(scan / f"{number}.png"), np.full((16, 16), number * 10, np.uint8))
-    batch, shown = act.load_model_input(scan, recipe)
+    batch, shown = act.load_model_input(scan, recipe, preprocessing_of(recipe.data))
     assert batch.shape == (1, 1, 4, 16, 16)
     np.testing.assert_allclose(batch[0, 0, :, 0, 0].numpy(), np.array([10, 20, 30, 100]) / 255.0, rtol=1e-6)
     assert shown[0, 0] == 20  # the middle (second of four) slice
@@ -190,7 +191,7 @@ def test_volume_checkpoint_on_a_scan_folder(tmp_path):
     assert [p.name for p in written] == ["scan7_05_layer1.png", "scan7_overview.png"]
     assert all(p.is_file() for p in written)
     with pytest.raises(CovidlensError, match="takes a scan folder"):
-        act.load_model_input(scan / "1.png", recipe)
+        act.load_model_input(scan / "1.png", recipe, preprocessing_of(recipe.data))
 
 
 @pytest.fixture(scope="module")

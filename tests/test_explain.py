@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,11 +18,21 @@ from torch import nn
 
 from cli_helpers import assert_one_line_error, covidlens
 from covidlens.config import load_recipe
+from covidlens.data.preprocess import Preprocessing
 from covidlens.data.synth import synthesize
+from covidlens.data.xray_prep import Threshold
 from covidlens.errors import CovidlensError
 from covidlens.explain import heatmap_stats as hs
 from covidlens.explain.cam import CAM_METHODS, Explainer, explain_batch, find_cam_head
-from covidlens.explain.pipeline import explain_paths, parse_target, unique_names
+from covidlens.explain.pipeline import (
+    ExplainItem,
+    explain_paths,
+    load_item,
+    load_lesion_mask,
+    parse_target,
+    pointing_tolerance,
+    unique_names,
+)
 from covidlens.explain.render import draw_overlay, save_montage, save_overlay
 from covidlens.models import create_model
 from covidlens.train.checkpoint import save_checkpoint
@@ -433,6 +444,30 @@ def test_target_parsing_and_unique_names():
     with pytest.raises(CovidlensError, match="--target 3: not 'predicted'"):
         parse_target("3", classes)
     assert unique_names(["a", "b", "a", "a"]) == ["a", "b", "a-2", "a-3"]
+
+
+@pytest.mark.parametrize("method", ["square", "A", "B", "C", "D"])
+def test_lesion_mask_is_padded_stretched_or_cropped_with_its_image(tmp_path, method):
+    image = np.zeros((60, 100), np.uint8)  # wide: A pads above and below, C crops rows, D crops the sides
+    image[20:35, 55:80] = 255
+    cv2.imwrite(str(tmp_path / "x.png"), image)
+    cv2.imwrite(str(tmp_path / "x.mask.png"), image)  # the lesion is the bright rectangle
+    threshold = None if method == "square" else Threshold("max", width=80, height=40, size=80)
+    prep = Preprocessing(32, resize=method, threshold=threshold)
+    item = ExplainItem(tmp_path / "x.png", "x", [tmp_path / "x.png"])
+    for shown in (prep, prep.enlarged(384)):  # the model's input, and the overlays' larger copy of it
+        pixels, mask = load_item(item, shown), load_lesion_mask(item, shown)
+        assert pixels.shape == mask.shape == shown.shape
+        bright = pixels >= 128
+        assert mask.any() and (mask & bright).sum() / (mask | bright).sum() > 0.95
+    assert max(prep.enlarged(384).shape) == 384 and prep.enlarged(16) == prep
+    if method == "A":
+        assert not mask[:40].any() and not mask[-40:].any()  # 100 x 60 fits 384 x 230: 77 rows of padding each
+
+
+def test_pointing_tolerance_scales_with_the_longer_side():
+    assert pointing_tolerance((224, 224)) == hs.POINTING_TOLERANCE_PX
+    assert pointing_tolerance((48, 93)) == pointing_tolerance((93, 48)) == pytest.approx(15 * 93 / 224)
 
 
 def test_cli_writes_overlays_maps_table_and_evaluation(tiny_run, tmp_path):

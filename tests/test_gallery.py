@@ -26,7 +26,7 @@ from covidlens.explain.gallery import pick_examples, run_gallery, true_classes
 from covidlens.explain.pipeline import ExplainItem, collect_images, explain_paths, explanation_folder, load_item
 from covidlens.explain.render import DPI, gallery_size
 from covidlens.report.html import build_report
-from covidlens.train.checkpoint import load_checkpoint, save_checkpoint
+from covidlens.train.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -39,11 +39,10 @@ def fold_checkpoints(tiny_run: Path) -> list[Path]:
 
 def direct_map(checkpoint: Path, image: Path) -> np.ndarray:
     """One image's Grad-CAM map computed without the gallery: the recipe's preprocessing, then the Explainer."""
-    model, recipe, _ = load_checkpoint(checkpoint)
-    item = ExplainItem(image, image.stem, [image])
-    pixels = load_item(item, recipe.data, recipe.data.image_size)[None]
-    inputs = torch.from_numpy(to_model_input(pixels, recipe.data.channels))
-    return Explainer(model, "gradcam", model_name=recipe.model.name).explain(inputs).maps[0]
+    loaded = read_checkpoint(checkpoint)
+    pixels = load_item(ExplainItem(image, image.stem, [image]), loaded.prep)[None]
+    inputs = torch.from_numpy(to_model_input(pixels, loaded.recipe.data.channels))
+    return Explainer(loaded.model, "gradcam", model_name=loaded.recipe.model.name).explain(inputs).maps[0]
 
 
 def test_gallery_layout_choice_and_intensities(tiny_run, tmp_path):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -165,14 +165,36 @@ class Preprocessing:
 
     def load(self, path: str | Path, frame: int | None = None) -> np.ndarray:
         """Decode one image (slice `frame` of a volume file) into a uint8 array of `shape`."""
-        if self.resize == "square":
-            image = load_gray_uint8(path, self.size, self.window, frame, self.lung_mask)
-        else:
-            gray = to_uint8(load_unit(path, self.window, frame, self.lung_mask))
-            image = RESIZE_METHODS[self.resize](gray, method_target(self.resize, self.threshold))
+        unit = load_unit(path, self.window, frame, self.lung_mask)
+        # square resizes the float image (the CT pipelines' cached bytes), A-D take 8-bit images
+        image = to_uint8(self.fit(unit)) if self.resize == "square" else self.fit(to_uint8(unit))
         if self.clahe_clip is not None:
             image = clahe(image, self.clahe_clip, self.clahe_grid)
         return image
+
+    def fit(self, image: np.ndarray) -> np.ndarray:
+        """Bring a 2D image at its stored size to `shape` by this resizing (square, or method A-D: uint8 only)."""
+        if self.resize == "square":
+            return resize_square(image, self.size)
+        return RESIZE_METHODS[self.resize](image, method_target(self.resize, self.threshold))
+
+    def load_mask(self, path: str | Path) -> np.ndarray:
+        """A binary mask file (nonzero inside) padded, stretched or cropped as its image is: a bool array of `shape`.
+
+        A pixel is inside when most of the pixels averaged into it were (or, when enlarging, its interpolated
+        value is at least half).
+        """
+        inside = to_gray(read_image(path)) > 0
+        return self.fit(inside.astype(np.uint8) * 255) >= 128
+
+    def enlarged(self, side: int) -> Preprocessing:
+        """The same preprocessing with outputs scaled up until the longer side is at least `side` (for display):
+        the same crop, padding and contrast, more pixels."""
+        factor = side / max(self.shape)
+        if factor <= 1:
+            return self
+        threshold = self.threshold.scaled(factor) if self.threshold is not None else None
+        return replace(self, size=round(self.size * factor), threshold=threshold)
 
     def settings(self) -> dict[str, Any]:
         """The settings as plain JSON (a cache key part, and what a run stores)."""

@@ -100,6 +100,10 @@ class Threshold:
         """Plain JSON-serialisable form, for a run's stored config."""
         return {"kind": self.kind, "width": int(self.width), "height": int(self.height), "size": int(self.size)}
 
+    def scaled(self, factor: float) -> Threshold:
+        """The same geometry `factor` times larger (each side rounded; max and min stay consistent)."""
+        return Threshold(self.kind, *(max(1, round(value * factor)) for value in (self.width, self.height, self.size)))
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Threshold:
         """Rebuild from `as_dict` output; missing or extra keys are errors."""

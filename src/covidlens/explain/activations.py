@@ -28,7 +28,7 @@ from torch import nn
 from covidlens import atomic
 from covidlens.config import Recipe
 from covidlens.data.adapters.common import list_images
-from covidlens.data.preprocess import load_gray_uint8, to_model_input
+from covidlens.data.preprocess import Preprocessing, to_model_input
 from covidlens.errors import CovidlensError
 from covidlens.models.describe import CONVOLUTIONS, feature_layers
 from covidlens.progress import console
@@ -265,16 +265,16 @@ def image_stem(path: Path) -> str:
     return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else path.stem
 
 
-def load_model_input(image: Path, recipe: Recipe) -> tuple[torch.Tensor, np.ndarray]:
+def load_model_input(image: Path, recipe: Recipe, prep: Preprocessing) -> tuple[torch.Tensor, np.ndarray]:
     """The model input (1, C, [D,] H, W) for an image file, or a scan folder for a volume model, and the
-    uint8 image it shows (the middle slice of a volume), preprocessed as the checkpoint's recipe says."""
+    uint8 image it shows (the middle slice of a volume), preprocessed by the checkpoint's `prep`."""
     data = recipe.data
     if not image.exists():
         raise CovidlensError(f"{image}: no such image file or scan folder")
     if data.depth is None:
         if image.is_dir():
             raise CovidlensError(f"{image}: a folder; this 2D model takes one image file (pass one slice)")
-        gray = load_gray_uint8(image, data.image_size, data.window, lung_mask=data.lung_mask)
+        gray = prep.load(image)
         return torch.from_numpy(to_model_input(gray[None], data.channels)), gray
     if not image.is_dir():
         raise CovidlensError(
@@ -283,21 +283,12 @@ def load_model_input(image: Path, recipe: Recipe) -> tuple[torch.Tensor, np.ndar
     slices = list_images(image).images[: data.depth]  # natural order: slice_2 before slice_10
     if not slices:
         raise CovidlensError(f"{image}: no slice images in this scan folder")
-    volume = np.stack([load_gray_uint8(p, data.image_size, data.window, lung_mask=data.lung_mask) for p in slices])
+    volume = np.stack([prep.load(p) for p in slices])
     if len(slices) < data.depth:  # as training does for short scans: repeat the last slice
         note = f"{image}: {len(slices)} slices, fewer than depth {data.depth}; repeating the last"
         console.print(note, soft_wrap=True)
         volume = np.concatenate([volume, np.repeat(volume[-1:], data.depth - len(slices), axis=0)])
     return torch.from_numpy(to_model_input(volume[None], data.channels)), volume[(data.depth - 1) // 2]
-
-
-def require_square_input(recipe: Recipe, checkpoint: Path) -> None:
-    """Explanations read images at data.image_size; paper 003's resizing methods A-D are not supported yet."""
-    if recipe.data.resize != "square":
-        raise CovidlensError(
-            f"{checkpoint}: trained with resizing method {recipe.data.resize} (paper 003); explanations support "
-            "data.resize: square models only, for now"
-        )
 
 
 def pick_checkpoint(model_path: str | Path, fold_model: int = 0) -> tuple[Path, str]:
@@ -333,7 +324,7 @@ def write_activation_maps(
     device: str = "cpu",
 ) -> list[Path]:
     """Write one filter grid per chosen layer and an overview for `image`; return the paths (overview last)."""
-    from covidlens.train.checkpoint import load_checkpoint
+    from covidlens.train.checkpoint import read_checkpoint
     from covidlens.train.trainer import select_device
 
     if filters < 1:
@@ -342,10 +333,10 @@ def write_activation_maps(
     if not image.exists():
         raise CovidlensError(f"{image}: no such image file or scan folder")
     checkpoint, which = pick_checkpoint(model_path, fold_model)
-    model, recipe, _ = load_checkpoint(checkpoint)
-    require_square_input(recipe, checkpoint)
+    loaded = read_checkpoint(checkpoint)
+    model, recipe = loaded.model, loaded.recipe
     chosen = select_layers(model, layers, every)
-    batch, shown = load_model_input(image, recipe)
+    batch, shown = load_model_input(image, recipe, loaded.prep)
     model = model.to(select_device(device))
     # every check is done: progress from here on (an error message stays the only line otherwise)
     console.print(f"activation maps of {which}", soft_wrap=True)

@@ -4,7 +4,9 @@ The first model is the base model. Each model explains `per_class` images of the
 the other classes; the gallery shows every image with each model's overlay (paper 000's Fig. 1, paper 004's
 Figs. 4-5). Paper 000's statistic (Sections 3.5.1 and 5): per image, the base model's map gives the mask of its
 pixels above mean + 1 SD, and the mean intensity of every model's map inside that mask is compared. Maps of a
-model with another input size are resized (bilinear) to the base model's before that comparison.
+model with another input size are resized (bilinear) to the base model's before that comparison, so every model
+must place an image's pixels alike: all stretch the whole image (square, or paper 003's method B), or all share
+one method A, C or D at one input shape (their padding and cropping depend on it).
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ from covidlens import atomic
 from covidlens.config import Recipe
 from covidlens.data.adapters.common import mask_path_for
 from covidlens.data.index import index_dataset
-from covidlens.data.preprocess import to_model_input
+from covidlens.data.preprocess import Preprocessing, to_model_input
 from covidlens.errors import CovidlensError
-from covidlens.explain.activations import pick_checkpoint, require_square_input
+from covidlens.explain.activations import pick_checkpoint
 from covidlens.explain.cam import CAM_METHODS, Explainer
 from covidlens.explain.heatmap_stats import base_mask_intensities, summarize_intensities
 from covidlens.explain.pipeline import (
@@ -42,9 +44,10 @@ from covidlens.explain.render import OUTLINE_NOTE, GalleryRow, GalleryTile, resi
 from covidlens.progress import console, progress_bar
 
 BATCH_SIZE = 8
-GALLERY_SIDE = 256  # tiles show the preprocessed image at least this many pixels wide
+GALLERY_SIDE = 256  # tiles show the preprocessed image with at least this many pixels on its longer side
 SPLIT_FROM_MODELS = 4  # from this many models on, positives and negatives also get a figure each
 NAME_CHARS = 30  # image names in tile titles keep their last characters
+STRETCHES = ("square", "B")  # resizings that stretch the whole image onto the input, whatever its aspect
 
 
 @dataclass
@@ -58,6 +61,7 @@ class GalleryModel:
     model: nn.Module
     recipe: Recipe
     classes: list[str]
+    prep: Preprocessing
 
 
 @dataclass
@@ -79,15 +83,15 @@ def model_name(path: str | Path) -> str:
 
 def load_gallery_models(model_paths: Sequence[str | Path]) -> list[GalleryModel]:
     """Load fold model 0 of each run directory, or each checkpoint; all must be 2D and share the class list."""
-    from covidlens.train.checkpoint import load_checkpoint
+    from covidlens.train.checkpoint import read_checkpoint
 
     if not model_paths:
         raise CovidlensError("give at least one model: a run directory or a checkpoint .pt")
     models: list[GalleryModel] = []
     for path, name in zip(model_paths, unique_names([model_name(p) for p in model_paths]), strict=True):
         checkpoint, which = pick_checkpoint(path, 0)
-        model, recipe, classes = load_checkpoint(checkpoint)
-        require_square_input(recipe, checkpoint)
+        loaded = read_checkpoint(checkpoint)
+        recipe, classes = loaded.recipe, loaded.classes
         if recipe.data.depth is not None:
             raise CovidlensError(
                 f"{path}: a volume model ({recipe.model.name}, depth {recipe.data.depth}); the gallery compares 2D "
@@ -98,8 +102,27 @@ def load_gallery_models(model_paths: Sequence[str | Path]) -> list[GalleryModel]
                 f"{path}: classes {', '.join(classes)} differ from the base model's ({', '.join(models[0].classes)}); "
                 "a gallery compares models trained on the same classes"
             )
-        models.append(GalleryModel(name, Path(path), checkpoint, which, model, recipe, classes))
+        if models:
+            check_same_geometry(path, loaded.prep, models[0].prep)
+        models.append(GalleryModel(name, Path(path), checkpoint, which, loaded.model, recipe, classes, loaded.prep))
     return models
+
+
+def check_same_geometry(path: str | Path, prep: Preprocessing, base: Preprocessing) -> None:
+    """Refuse a model whose inputs place an image's pixels elsewhere than the base model's (its maps cannot be
+    compared pixel by pixel): both must stretch the whole image, or share one method A, C or D and input shape."""
+    if prep.resize in STRETCHES and base.resize in STRETCHES:
+        return
+    if prep.resize != base.resize or prep.shape != base.shape:
+        raise CovidlensError(
+            f"{path}: input {_geometry(prep)}, but the base model's is {_geometry(base)}; their maps do not line up, "
+            "so compare models that pad or crop alike (the same data.resize and threshold)"
+        )
+
+
+def _geometry(prep: Preprocessing) -> str:
+    height, width = prep.shape
+    return f"{height}x{width} ({'stretched' if prep.resize == 'square' else 'method ' + prep.resize})"
 
 
 def true_classes(items: Sequence[ExplainItem], paths: Sequence[str | Path], classes: Sequence[str]) -> list[str | None]:
@@ -162,12 +185,12 @@ def explain_items(
     device: torch.device,
 ) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
     """One model's maps of the items at its input size: (layer, maps (N, H, W), probabilities, predicted)."""
-    data = model.recipe.data
+    channels = model.recipe.data.channels
     explainer = Explainer(model.model.to(device), method, model_name=model.recipe.model.name, seed=seed)
     maps, probabilities, predicted = [], [], []
     for first in range(0, len(items), BATCH_SIZE):
-        pixels = np.stack([load_item(item, data, data.image_size) for item in items[first : first + BATCH_SIZE]])
-        explained = explainer.explain(torch.from_numpy(to_model_input(pixels, data.channels)).to(device), target)
+        pixels = np.stack([load_item(item, model.prep) for item in items[first : first + BATCH_SIZE]])
+        explained = explainer.explain(torch.from_numpy(to_model_input(pixels, channels)).to(device), target)
         maps.append(explained.maps)
         probabilities.append(explained.probabilities)
         predicted.append(explained.predicted)
@@ -249,11 +272,11 @@ def run_gallery(
     )
     out = Path(out) if out is not None else explanation_folder(model_paths[0], "gallery", "gallery")
     torch_device = select_device(device)
-    base_shape = (base.recipe.data.image_size, base.recipe.data.image_size)
+    base_shape = base.prep.shape
     maps: dict[str, np.ndarray] = {}
     predictions, layers = [], {}
     rows = [
-        GalleryRow(f"{label}\n({group})", [_image_tile(item, base.recipe)])
+        GalleryRow(f"{label}\n({group})", [_image_tile(item, base.prep)])
         for item, label, group in zip(chosen, images["true_class"], images["group"], strict=True)
     ]
     explained_class = "" if wanted == "predicted" else f"\nmap for {classes[int(wanted)]}"
@@ -274,7 +297,7 @@ def run_gallery(
                 predictions.append({"image": item.name, "model": model.name, "layer": layer,
                                     "predicted": shown, "probability": probability})
                 title = f"{model.name}\npredicted {shown} (p = {probability:.2f})" + explained_class
-                rows[i].tiles.append(_overlay_tile(item, model.recipe, model_maps[i], title))
+                rows[i].tiles.append(_overlay_tile(item, model.prep, model_maps[i], title))
             update(done)
     table = base_mask_intensities(maps, base.name, list(images["image"]), cam_method.name)
     table = images[["image", "path", "true_class", "group"]].merge(table, on="image").merge(
@@ -304,7 +327,8 @@ def run_gallery(
         {
             "models": [
                 {"name": m.name, "source": str(m.source), "checkpoint": str(m.checkpoint),
-                 "architecture": m.recipe.model.name, "layer": layers[m.name], "image_size": m.recipe.data.image_size}
+                 "architecture": m.recipe.model.name, "layer": layers[m.name], "image_size": m.recipe.data.image_size,
+                 "input_shape": list(m.prep.shape)}
                 for m in models
             ],
             "base_model": base.name,
@@ -324,16 +348,16 @@ def run_gallery(
     return GalleryResult(out, grid, images, table, summary)
 
 
-def _display(item: ExplainItem, recipe: Recipe) -> tuple[np.ndarray, np.ndarray | None]:
-    side = max(recipe.data.image_size, GALLERY_SIDE)
-    return load_item(item, recipe.data, side), load_lesion_mask(item, side, volume=False)
+def _display(item: ExplainItem, prep: Preprocessing) -> tuple[np.ndarray, np.ndarray | None]:
+    display = prep.enlarged(GALLERY_SIDE)
+    return load_item(item, display), load_lesion_mask(item, display)
 
 
-def _image_tile(item: ExplainItem, recipe: Recipe) -> GalleryTile:
-    image, outline = _display(item, recipe)
+def _image_tile(item: ExplainItem, prep: Preprocessing) -> GalleryTile:
+    image, outline = _display(item, prep)
     return GalleryTile(image, None, _tile_name(item), outline)
 
 
-def _overlay_tile(item: ExplainItem, recipe: Recipe, heatmap: np.ndarray, title: str) -> GalleryTile:
-    image, outline = _display(item, recipe)
+def _overlay_tile(item: ExplainItem, prep: Preprocessing, heatmap: np.ndarray, title: str) -> GalleryTile:
+    image, outline = _display(item, prep)
     return GalleryTile(image, heatmap, title, outline)

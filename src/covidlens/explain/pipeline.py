@@ -1,9 +1,11 @@
 """`covidlens explain`: maps for image files or scan folders with one checkpoint, written as PNG, NPY and CSV.
 
-Inputs are preprocessed exactly as the checkpoint's recipe preprocessed its training data. Overlays show the
-same preprocessing at a larger side (DISPLAY_SIDE) so they stay legible; the saved maps are at the model's
-input resolution. `evaluate=True` scores the maps of inputs with a lesion mask beside them against that mask,
-for the trained model and for a copy with re-initialized weights (the randomization sanity check).
+Inputs are preprocessed by the checkpoint's own `Preprocessing` (window, lung mask, square resize or paper 003's
+method A-D at the run's threshold, CLAHE), so the model sees what it was trained on; lesion masks are padded,
+stretched or cropped as their images are. Overlays show the same preprocessing enlarged until the longer side is
+DISPLAY_SIDE, so they stay legible; the saved maps are at the model's input resolution (H x W, not always
+square). `evaluate=True` scores the maps of inputs with a lesion mask beside them against that mask, for the
+trained model and for a copy with re-initialized weights (the randomization sanity check).
 """
 
 from __future__ import annotations
@@ -18,12 +20,11 @@ import pandas as pd
 import torch
 
 from covidlens import atomic
-from covidlens.config import DataConfig
 from covidlens.data.adapters.common import check_image, list_images, mask_path_for, natural_key
-from covidlens.data.preprocess import load_gray_uint8, read_image, resize_square, to_gray, to_model_input
+from covidlens.data.preprocess import Preprocessing, to_model_input
 from covidlens.deploy.predict import collect_inputs
 from covidlens.errors import CovidlensError
-from covidlens.explain.activations import pick_checkpoint, require_square_input
+from covidlens.explain.activations import pick_checkpoint
 from covidlens.explain.cam import CAM_METHODS, Explainer, Explanation
 from covidlens.explain.heatmap_stats import (
     POINTING_TOLERANCE_PX,
@@ -35,7 +36,7 @@ from covidlens.explain.heatmap_stats import (
 from covidlens.explain.render import overlay_title, save_montage, save_overlay
 from covidlens.progress import console, progress_bar
 
-DISPLAY_SIDE = 384  # overlays show the preprocessed image at least this many pixels wide
+DISPLAY_SIDE = 384  # overlays show the preprocessed image with at least this many pixels on its longer side
 POINTING_REFERENCE_SIDE = 224  # the input side Zhang et al.'s tolerance refers to
 
 
@@ -46,6 +47,7 @@ class ExplainItem:
     path: Path
     name: str  # output file stem, unique in the output folder
     files: list[Path]
+    volume: bool = False  # the files are the slices of one 3D input
 
 
 @dataclass
@@ -136,7 +138,7 @@ def collect_scans(
         if reasons:
             skipped += reasons
             continue
-        items.append(ExplainItem(folder, "", chosen))
+        items.append(ExplainItem(folder, "", chosen, volume=True))
         stems.append(_relative_stem(folder, roots, keep_suffix=True))
     if not items:
         raise CovidlensError(f"no readable scan among {len(scans)} scan folder(s); check the paths")
@@ -145,29 +147,30 @@ def collect_scans(
     return items, skipped
 
 
-def load_item(item: ExplainItem, data: DataConfig, side: int) -> np.ndarray:
-    """The item's preprocessed uint8 pixels at `side`: (H, W) for an image, (D, H, W) for a scan's slices."""
-    slices = [load_gray_uint8(f, side, data.window, lung_mask=data.lung_mask) for f in item.files]
-    return np.stack(slices) if data.depth is not None else slices[0]
+def load_item(item: ExplainItem, prep: Preprocessing) -> np.ndarray:
+    """The item's uint8 pixels as `prep` makes them: (H, W) for an image, (D, H, W) for a scan's slices."""
+    slices = [prep.load(f) for f in item.files]
+    return np.stack(slices) if item.volume else slices[0]
 
 
-def load_lesion_mask(item: ExplainItem, side: int, volume: bool) -> np.ndarray | None:
-    """The lesion mask beside the item's image(s) at `side` (a pixel is lesion when most of it was), or None.
+def load_lesion_mask(item: ExplainItem, prep: Preprocessing) -> np.ndarray | None:
+    """The lesion mask beside the item's image(s), brought to `prep.shape` as the image is, or None.
 
     In a volume, slices without a mask file count as lesion-free, but at least one must have one.
     """
-    masks = []
-    for file in item.files:
-        path = mask_path_for(file)
-        if path.is_file():
-            pixels = to_gray(read_image(path)) > 0
-            masks.append(resize_square(pixels.astype(np.float32), side) >= 0.5)
-        else:
-            masks.append(None)
-    if all(mask is None for mask in masks):
+    paths = [mask_path_for(file) for file in item.files]
+    if not any(path.is_file() for path in paths):
         return None
-    filled = [m if m is not None else np.zeros((side, side), dtype=bool) for m in masks]
-    return np.stack(filled) if volume else filled[0]
+    masks = [prep.load_mask(path) if path.is_file() else np.zeros(prep.shape, dtype=bool) for path in paths]
+    return np.stack(masks) if item.volume else masks[0]
+
+
+def pointing_tolerance(shape: tuple[int, int]) -> float:
+    """Zhang et al.'s pointing-game tolerance in pixels of an input of `shape` (H, W)."""
+    # Their 15 px are about 7 % of a ~224 px input's extent, so the tolerance scales with the extent. The longer
+    # side is it for square inputs (as before) and for method A's padded square T (the image's own longer side),
+    # and a portrait and a landscape input of one size get one tolerance.
+    return POINTING_TOLERANCE_PX * max(shape) / POINTING_REFERENCE_SIDE
 
 
 def explanation_folder(model_path: str | Path, name: str, fallback: str | Path) -> Path:
@@ -197,15 +200,15 @@ def explain_paths(
     also `out/evaluation.csv` and `out/evaluation.json`. `out` defaults to `<RUN>/explanations/<method>` for
     a run directory and `explanations` for a checkpoint.
     """
-    from covidlens.train.checkpoint import load_checkpoint
+    from covidlens.train.checkpoint import read_checkpoint
     from covidlens.train.trainer import select_device
 
     cam_method = CAM_METHODS.get(method)
     if batch_size < 1:
         raise CovidlensError(f"--batch-size {batch_size}: must be 1 or more")
     checkpoint, which = pick_checkpoint(model_path, fold_model)
-    model, recipe, classes = load_checkpoint(checkpoint)
-    require_square_input(recipe, checkpoint)
+    loaded = read_checkpoint(checkpoint)
+    model, recipe, classes, prep = loaded.model, loaded.recipe, loaded.classes, loaded.prep
     data = recipe.data
     wanted = parse_target(target, classes)
     volume = data.depth is not None
@@ -217,21 +220,22 @@ def explain_paths(
     explainer = Explainer(model, method, layer, model_name=recipe.model.name, seed=seed)
     console.print(f"explaining with {which}: {recipe.model.name}, {cam_method.title}", highlight=False)
     random_explainer: Explainer | None = None
-    tolerance = POINTING_TOLERANCE_PX * data.image_size / POINTING_REFERENCE_SIDE
+    tolerance = pointing_tolerance(prep.shape)
+    display = prep.enlarged(DISPLAY_SIDE)
     out = Path(out) if out is not None else explanation_folder(model_path, cam_method.name, "explanations")
     rows, scores = [], []
     with progress_bar("explaining", total=len(items), enabled=show_progress) as update:
         for first in range(0, len(items), batch_size):
             batch = items[first : first + batch_size]
-            pixels = np.stack([load_item(item, data, data.image_size) for item in batch])
+            pixels = np.stack([load_item(item, prep) for item in batch])
             inputs = torch.from_numpy(to_model_input(pixels, data.channels)).to(torch_device)
             explained = explainer.explain(inputs, wanted)
             if first == 0:
                 console.print(f"target layer: {explained.layer}", highlight=False)
             for i, item in enumerate(batch):
-                rows.append(_write_item(out, item, explained, i, data, classes, cam_method.title, volume))
+                rows.append(_write_item(out, item, explained, i, display, classes, cam_method.title))
             if evaluate:
-                masks = [load_lesion_mask(item, data.image_size, volume) for item in batch]
+                masks = [load_lesion_mask(item, prep) for item in batch]
                 if any(mask is not None and mask.any() for mask in masks):
                     if random_explainer is None:
                         random_explainer = Explainer(
@@ -259,33 +263,31 @@ def _write_item(
     item: ExplainItem,
     explained: Explanation,
     i: int,
-    data: DataConfig,
+    display: Preprocessing,
     classes: Sequence[str],
     method_title: str,
-    volume: bool,
 ) -> dict:
     predicted, target = int(explained.predicted[i]), int(explained.targets[i])
     probability = float(explained.probabilities[i, predicted])
     heatmap = explained.maps[i]
-    side = max(data.image_size, DISPLAY_SIDE)
-    display = load_item(item, data, side)
-    outline = load_lesion_mask(item, side, volume)
+    image = load_item(item, display)
+    outline = load_lesion_mask(item, display)
     title = overlay_title(
         _display_name(item), classes[predicted], probability, classes[target], method_title, explained.layer
     )
     atomic.write_with(out / f"{item.name}.npy", lambda tmp: _save_npy(tmp, heatmap))
-    if volume:
+    if item.volume:
         labels = [f.stem for f in item.files]
-        save_montage(out / f"{item.name}.png", display, heatmap, title, labels, outline)
-        for k, (file, image, slice_map) in enumerate(zip(item.files, display, heatmap, strict=True)):
+        save_montage(out / f"{item.name}.png", image, heatmap, title, labels, outline)
+        for k, (file, pixels, slice_map) in enumerate(zip(item.files, image, heatmap, strict=True)):
             slice_title = overlay_title(
                 f"{_display_name(item)} · {file.stem} ({k + 1} of {len(item.files)})",
                 classes[predicted], probability, classes[target], method_title, explained.layer,
             )
             slice_outline = outline[k] if outline is not None else None
-            save_overlay(out / item.name / f"{k:02d}_{file.stem}.png", image, slice_map, slice_title, slice_outline)
+            save_overlay(out / item.name / f"{k:02d}_{file.stem}.png", pixels, slice_map, slice_title, slice_outline)
     else:
-        save_overlay(out / f"{item.name}.png", display, heatmap, title, outline)
+        save_overlay(out / f"{item.name}.png", image, heatmap, title, outline)
     raw = explained.raw[i]
     return {
         "path": str(item.path),
