@@ -53,7 +53,8 @@ def test_cli_errors_are_one_line(tiny_run):
 
 def test_polsinelli2020_recipe_fits_its_model():
     recipe = load_recipe("polsinelli2020")
-    assert recipe.model.name == "LightCNN" and recipe.data.classes is None
+    assert recipe.model.name == "LightCNN" and recipe.data.classes == ["COVID", "NonCOVID"]
+    assert recipe.data.relabel == {"Healthy": "NonCOVID", "Others": "NonCOVID"}  # other illnesses and healthy
     assert recipe.evaluate.positive_class == "COVID"
     assert recipe.train.offline_augment.factor == 4 and recipe.train.offline_augment.rotation == (0, 90)
     assert (recipe.train.scheduler.name, recipe.train.scheduler.factor, recipe.train.scheduler.step_size) == (

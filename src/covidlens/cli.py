@@ -265,13 +265,94 @@ def tune(
 
 
 @app.command()
-def report(
-    run_dir: Annotated[Path, typer.Argument(help="a finished run or sweep directory")],
+def study(
+    name: Annotated[str, typer.Argument(help="built-in study (see `covidlens studies`) or a study YAML file")],
+    data: Annotated[str, typer.Option(help="the first source: dataset folder or manifest CSV")],
+    second_source: Annotated[
+        str, typer.Option(help="the second source (paper 004: the Italian COVID-only set): folder or manifest CSV")
+    ],
+    out: Annotated[Path | None, typer.Option(help="output folder; default runs/<study name>")] = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option(help="ImageNet SqueezeNet 1.0 weights (e.g. torchvision's squeezenet1_0-b66bff10.pth) for the "
+                     "transfer-learning experiment; without it that experiment is skipped"),
+    ] = None,
+    trials: Annotated[
+        int | None, typer.Option(help="complete tuning trials per experiment; default the study's (paper 004: 30)")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="training epochs per tuning trial; default the recipe's")] = None,
+    arrangements: Annotated[
+        str | None, typer.Option(help="comma-separated arrangements to run, e.g. 2; default all")
+    ] = None,
+    experiments: Annotated[
+        str | None, typer.Option(help="comma-separated experiments to run, e.g. 1,4; default all")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="override a recipe field of every cell, e.g. data.image_size=64")
+    ] = None,
+    images: Annotated[int, typer.Option(help="test images timed per model for the efficiency table")] = 20,
+    threads: Annotated[str, typer.Option(help="torch CPU thread settings to time, e.g. 1,all")] = "1,all",
+    format: DataLayout = None,
+    second_format: Annotated[
+        str | None,
+        typer.Option(help="the second source's layout (default: detected; a one-class folder needs class-folders)"),
+    ] = None,
+    quiet: Quiet = False,
 ) -> None:
-    """(Re)write report.html of a run or a sweep from the tables on disk."""
-    from covidlens.report.html import write_report, write_sweep_report
+    """Paper 004's four experiments on its two dataset arrangements: tune, train, test; Tables 3-5 and 7.
 
-    writer = write_sweep_report if (run_dir / "sweep.json").is_file() else write_report
+    Each experiment is tuned (Bayesian search of SGD's learning rate, momentum and L2), trained with the best point
+    and tested on Test-1 and, where the sources stay separate, Test-2. Resumable: rerun the same command.
+    Writes OUT/tuning.csv, OUT/performance.csv, OUT/efficiency.csv, OUT/results.json and OUT/report.html.
+    """
+    from covidlens.evaluate.efficiency import parse_threads
+    from covidlens.report.study import write_study_report
+    from covidlens.train.study import StudyInputs, load_study, run_study
+
+    loaded = load_study(name)
+    inputs = StudyInputs(
+        data=_absolute(data), second_source=_absolute(second_source),
+        weights=None if weights is None else _absolute(str(weights)), overrides=list(set_ or []), epochs=epochs,
+        layout=format, second_layout=second_format,
+    )
+    study_dir = out or Path("runs") / loaded.name
+    run_study(
+        loaded, inputs, study_dir, arrangements=_names(arrangements), experiments=_names(experiments), trials=trials,
+        efficiency_images=images, threads=parse_threads(threads), show_progress=not quiet,
+    )
+    console.print(f"study folder: {study_dir}  report: {write_study_report(study_dir)}")
+
+
+def _absolute(path: str) -> str:
+    return str(Path(path).resolve()) if Path(path).exists() else path
+
+
+def _names(text: str | None) -> list[str] | None:
+    return None if text is None else [part.strip() for part in text.split(",") if part.strip()]
+
+
+@app.command()
+def studies() -> None:
+    """List the built-in studies (several recipes' experiments run as one command)."""
+    from covidlens.train.study import builtin_studies, load_study
+
+    for name in builtin_studies():
+        out_console.print(f"[bold]{name}[/]  {load_study(name).description}")
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run, sweep or study directory")],
+) -> None:
+    """(Re)write report.html of a run, a sweep or a study from the tables on disk."""
+    from covidlens.report.html import write_report, write_sweep_report
+    from covidlens.report.study import write_study_report
+
+    writer = write_report
+    if (run_dir / "sweep.json").is_file():
+        writer = write_sweep_report
+    elif (run_dir / "study.json").is_file():
+        writer = write_study_report
     console.print(f"wrote {writer(run_dir)}")
 
 

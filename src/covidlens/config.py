@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -16,6 +16,9 @@ class Section(BaseModel):
     """A recipe section: unknown keys are errors, so a typo never passes silently."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+SectionT = TypeVar("SectionT", bound=Section)
 
 
 class DataConfig(Section):
@@ -230,26 +233,39 @@ class Recipe(Section):
         return self
 
 
+def builtin_names(folder: str) -> list[str]:
+    """Names of the YAML files shipped in the package folder `folder` (recipes, studies)."""
+    files = resources.files("covidlens") / folder
+    return sorted(p.name.removesuffix(".yaml") for p in files.iterdir() if p.name.endswith(".yaml"))
+
+
 def builtin_recipes() -> list[str]:
     """Names of the recipes shipped with covidlens."""
-    folder = resources.files("covidlens") / "recipes"
-    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return builtin_names("recipes")
 
 
-def recipe_text(name_or_path: str) -> tuple[str, str]:
-    """The YAML text of a built-in recipe name or a recipe file, and where it came from."""
+def packaged_yaml(folder: str, what: str, name_or_path: str) -> tuple[dict, str]:
+    """The mapping in a built-in YAML of `folder` (by name) or in a YAML file, and where it came from."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
-            raise CovidlensError(f"{path}: recipe file not found")
-        return path.read_text(encoding="utf-8"), str(path)
-    if name_or_path not in builtin_recipes():
+            raise CovidlensError(f"{path}: {what} file not found")
+        text, origin = path.read_text(encoding="utf-8"), str(path)
+    elif name_or_path not in builtin_names(folder):
         raise CovidlensError(
-            f"unknown recipe {name_or_path!r}; built-in recipes: {', '.join(builtin_recipes())}, "
+            f"unknown {what} {name_or_path!r}; built-in {what}s: {', '.join(builtin_names(folder))}, "
             "or give a path to a .yaml file"
         )
-    text = (resources.files("covidlens") / "recipes" / f"{name_or_path}.yaml").read_text(encoding="utf-8")
-    return text, f"built-in recipe {name_or_path}"
+    else:
+        text = (resources.files("covidlens") / folder / f"{name_or_path}.yaml").read_text(encoding="utf-8")
+        origin = f"built-in {what} {name_or_path}"
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise CovidlensError(f"{origin}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise CovidlensError(f"{origin}: a {what} must be a mapping of sections")
+    return data, origin
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -280,26 +296,25 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe:
     """Load a recipe by built-in name or path, apply overrides and validate it."""
-    text, origin = recipe_text(name_or_path)
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise CovidlensError(f"{origin}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise CovidlensError(f"{origin}: a recipe must be a mapping of sections")
+    data, origin = packaged_yaml("recipes", "recipe", name_or_path)
     apply_overrides(data, overrides or [])
     return validate_recipe(data, origin)
 
 
 def validate_recipe(data: dict, origin: str) -> Recipe:
     """Validate a recipe dict; the first problem becomes a one-line CovidlensError."""
+    return validate_as(Recipe, data, origin, "recipe")
+
+
+def validate_as(schema: type[SectionT], data: dict, origin: str, what: str) -> SectionT:
+    """Validate a dict against `schema` (a recipe, a study); the first problem becomes a one-line CovidlensError."""
     try:
-        return Recipe.model_validate(data)
+        return schema.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         if first["type"] == "extra_forbidden":
-            raise CovidlensError(f"{origin}: unknown recipe key {where!r}; check its spelling") from None
+            raise CovidlensError(f"{origin}: unknown {what} key {where!r}; check its spelling") from None
         message = first["msg"].removeprefix("Value error, ")
         raise CovidlensError(f"{origin}: {where}: {message}" if where else f"{origin}: {message}") from None
 

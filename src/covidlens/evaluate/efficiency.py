@@ -151,6 +151,12 @@ def efficiency_table(runs: Sequence[str | Path], images: int = 20, threads: Sequ
     return pd.DataFrame([efficiency_row(run, images, threads) for run in runs])
 
 
+def thread_setting(column: str) -> str:
+    """A timing column's thread setting in words: 'ms_per_image_1_threads' -> '1 thread'."""
+    count = column.removeprefix("ms_per_image_").removesuffix("_threads")
+    return f"{count} thread{'' if count == '1' else 's'}"
+
+
 def efficiency_rich_table(table: pd.DataFrame) -> Table:
     """Paper 004's Table 7 layout plus CPU ms per image; as there, the ratio is sensitivity in % per million."""
     timing = [c for c in table.columns if c.startswith("ms_per_image_")]
@@ -159,8 +165,7 @@ def efficiency_rich_table(table: pd.DataFrame) -> Table:
     for header in ("Sensitivity (%)", "#Parameters (Millions)", "Sens. ÷ #Param."):
         out.add_column(header, justify="right")
     for column in timing:
-        threads = column.removeprefix("ms_per_image_").removesuffix("_threads")
-        out.add_column(f"CPU ms/image ({threads} thread{'s' if threads != '1' else ''})", justify="right")
+        out.add_column(f"CPU ms/image ({thread_setting(column)})", justify="right")
     for _, row in table.iterrows():
         out.add_row(
             f"{row['model']} ({row['positive_class']})",

@@ -17,7 +17,6 @@ The study records the recipe, the split and the search space; a rerun with anoth
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import shutil
 import warnings
@@ -38,6 +37,7 @@ from covidlens.config import Recipe, recipe_to_yaml, validate_recipe
 from covidlens.data.adapters.base import IndexOptions
 from covidlens.errors import CovidlensError
 from covidlens.progress import console
+from covidlens.resume import folder_record
 from covidlens.train.cv import RunData, fold_keys, image_source, prepare_run, train_fold
 
 PARAMS = ("lr", "momentum", "weight_decay")  # optuna parameter names = trials.csv columns
@@ -117,21 +117,12 @@ def check_storage_url(url: str) -> str:
 
 def _check_out_folder(out: Path, record: dict) -> None:
     """`out` must be new, empty, or hold this very study (same name, storage and data)."""
-    if out.exists() and not out.is_dir():
-        raise CovidlensError(f"{out}: is a file; --out must name a folder")
-    tune_json = out / "tune.json"
-    if tune_json.is_file():
-        try:
-            found = json.loads(tune_json.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            raise CovidlensError(f"{tune_json}: damaged; tune into a new --out") from None
-        if found != record:
-            raise CovidlensError(
-                f"{out}: holds study {found.get('study')!r} on {found.get('storage')} with data "
-                f"{found.get('data')!r}; use another --out, or the same --study, --storage and --data to resume it"
-            )
-    elif out.is_dir() and any(out.iterdir()):
-        raise CovidlensError(f"{out}: exists and is not a covidlens tuning folder; choose another --out")
+    found = folder_record(out, "tune.json", "tuning")
+    if found is not None and found != record:
+        raise CovidlensError(
+            f"{out}: holds study {found.get('study')!r} on {found.get('storage')} with data "
+            f"{found.get('data')!r}; use another --out, or the same --study, --storage and --data to resume it"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------
