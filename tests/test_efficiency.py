@@ -61,4 +61,5 @@ def test_polsinelli2020_recipe_fits_its_model():
         "step", 0.8, 5
     )
     assert recipe.train.optimizer.name == "sgd" and recipe.train.epochs == 20
+    assert recipe.train.precise_bn and not recipe.train.restore_best  # MATLAB's population BN statistics; last epoch
     check_model_input(recipe.model.name, 2, recipe.data.channels, recipe.data.image_size)
