@@ -176,7 +176,8 @@ def arrangement_data(
 
 def predictions_by_test_set(run_dir: Path, classes: Sequence[str]) -> dict[str, pd.DataFrame]:
     """Test-1 (the run's test predictions) and, with an external test set, Test-2: its predictions plus, for each
-    class it lacks, that class's Test-1 predictions of the same fold model (paper 004's Test-2)."""
+    class it lacks, that class's Test-1 predictions (paper 004's Test-2). With a holdout split, as the study's,
+    one model made them all."""
     test1 = pd.read_csv(run_dir / "predictions.csv", dtype={"sample_id": str})
     sets = {"Test-1": test1}
     external = run_dir / "external_predictions.csv"
