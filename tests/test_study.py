@@ -14,7 +14,7 @@ from cli_helpers import assert_one_line_error, covidlens
 from covidlens.config import load_recipe
 from covidlens.data.synth import synthesize
 from covidlens.models import MODELS
-from covidlens.train.study import load_study, mixed_manifest, predictions_by_test_set
+from covidlens.train.study import load_study, mixed_manifest, predictions_by_test_set, tag_source
 
 FAST = [
     "--trials", 2, "--epochs", 1, "--images", 2, "--threads", "1", "--quiet",
@@ -44,12 +44,15 @@ def test_polsinelli2020_study_is_section_3_1():
     assert models == ["SqueezeNet1.0", "SqueezeNet1.0-bypass", "SqueezeNet1.0-bypass", "LightCNN"]
     assert all(name in MODELS.names() for name in models)
     assert [e.transfer for e in study.experiments] == [False, False, True, False]
-    assert [a.sources for a in study.arrangements] == ["separate", "mixed"]
-    # Tables 1-2: Test-1 and validation images of 693 and 783 (train 382 and 442 before the x4 augmentation)
-    for arrangement, total, test, val in ((0, 693, 193, 118), (1, 783, 203, 138)):
-        cv = load_recipe(study.recipe, study.arrangements[arrangement].set).cv
-        assert round(cv.test_fraction * total) == test
-        assert round(cv.val_fraction * (total - test)) == val
+    first, mixed = study.arrangements
+    assert (first.sources, mixed.sources) == ("separate", "mixed")
+    # Table 1: Test-1 193 of 693 images, validation 118 of the other 500 (covidlens applies them to patients)
+    cv = load_recipe(study.recipe, first.set).cv
+    assert (round(cv.test_fraction * 693), round(cv.val_fraction * 500)) == (193, 118)
+    # Table 2: Table 1's not-COVID rows again, and the Italian images 60 / 20 / 20
+    assert mixed.first_split_of == "1"
+    test, val = mixed.second_split
+    assert (round(test * 100), round(val * (100 - round(test * 100)))) == (20, 20)
 
 
 def test_studies_lists_the_built_in_studies():
@@ -57,16 +60,21 @@ def test_studies_lists_the_built_in_studies():
     assert result.returncode == 0 and result.stdout.startswith("polsinelli2020  SqueezeNet without bypass")
 
 
-def test_mixed_manifest_keeps_two_sources_apart():
+def test_tagged_sources_never_share_a_patient():
     first = pd.DataFrame(
         {"sample_id": ["a.png"], "path": ["/1/a.png"], "label": ["COVID"], "patient_id": ["p1"], "scan_id": ["p1"],
-         "source": ["multiclass-ct"]}
+         "source": ["multiclass-ct"], "split": ["train"]}
     )  # fmt: skip
     second = first.assign(path="/2/a.png")  # the same ids in another hospital's data
-    mixed = mixed_manifest(first, second)
+    mixed = mixed_manifest(tag_source(first, "source1"), tag_source(second, "source2"))
     assert mixed["patient_id"].tolist() == ["source1:p1", "source2:p1"]
     assert mixed["sample_id"].tolist() == ["source1/a.png", "source2/a.png"]
     assert mixed["source"].tolist() == ["source1", "source2"] and mixed["path"].tolist() == ["/1/a.png", "/2/a.png"]
+    assert "split" not in mixed  # a layout's own lists mean nothing once sources mix
+    roles = pd.Series(["val", "test"], index=["source1/a.png", "source2/a.png"])
+    assert mixed_manifest(tag_source(first, "source1"), tag_source(second, "source2"), roles)["split"].tolist() == [
+        "val", "test"
+    ]
 
 
 def test_test2_borrows_only_the_classes_the_second_source_lacks(tmp_path):
@@ -111,9 +119,13 @@ def test_study_tunes_trains_tests_reports_and_resumes(sources, tmp_path):
     performance = pd.read_csv(out / "performance.csv", dtype={"arrangement": str, "experiment": str})
     done = performance.dropna(subset=["accuracy"])
     assert done[["arrangement", "test_set"]].values.tolist() == [["1", "Test-1"], ["1", "Test-2"], ["2", "Test-1"]]
+    roles = {}
     for arrangement in ("1", "2"):
         cell = out / f"arrangement-{arrangement}" / "experiment-4"
-        run = cell / "run"
+        best_trial = int(tuned[tuned["arrangement"] == arrangement]["best_trial"].iloc[0])
+        run = cell / f"run-trial-{best_trial}"
+        folds = pd.read_csv(run / "manifest.csv").merge(pd.read_csv(run / "folds.csv"))
+        roles[arrangement] = folds.set_index("sample_id")["role"]
         best = json.loads((cell / "tune" / "best.json").read_text())
         config = yaml.safe_load((run / "config.yaml").read_text())
         assert {k: config["train"]["optimizer"][k] for k in best["params"]} == best["params"]  # the tuned point
@@ -123,12 +135,14 @@ def test_study_tunes_trains_tests_reports_and_resumes(sources, tmp_path):
         expected = {"Test-1": test1}
         if arrangement == "1":
             external = pd.read_csv(run / "external_predictions.csv")
-            assert set(external["y_true"]) == {"COVID"} and external["patient_id"].str.startswith("s2_").all()
+            assert set(external["y_true"]) == {"COVID"} and external["patient_id"].str.startswith("source2:s2_").all()
             expected["Test-2"] = pd.concat([external, test1[test1["y_true"] == "NonCOVID"]])
-            assert not pd.read_csv(run / "manifest.csv")["patient_id"].str.startswith("s2_").any()  # never trained
-        else:
-            manifest = pd.read_csv(run / "manifest.csv").merge(pd.read_csv(run / "folds.csv"))
-            assert set(manifest[manifest["source"] == "source2"]["role"]) == {"train", "val", "test"}
+            assert folds["patient_id"].str.startswith("source1:").all()  # the second source is never trained on
+        else:  # the first source split as in arrangement 1, the second one 60 / 20 / 20 by patient
+            second_roles = folds[folds["source"] == "source2"].groupby("patient_id")["role"].first().value_counts()
+            assert second_roles.to_dict() == {"train": 2, "val": 1, "test": 1}  # 4 patients: 1 tested, 1 of 3 validates
+            kept_split = folds[folds["source"] == "source1"].set_index("sample_id")["role"]
+            pd.testing.assert_series_equal(kept_split.sort_index(), roles["1"].sort_index())
         for test_set, predictions in expected.items():
             row = done[(done["arrangement"] == arrangement) & (done["test_set"] == test_set)].iloc[0]
             assert row["images"] == len(predictions)
@@ -148,7 +162,7 @@ def test_study_tunes_trains_tests_reports_and_resumes(sources, tmp_path):
     for needle in ("Obs. Acc.", "Est. Acc.", "L2-Reg.", "Test-1", "Test-2", "F1Score", "Sens. ÷ #Param.",
                    "CPU ms/image, 1 thread", "--weights FILE"):  # fmt: skip
         assert needle in report, needle
-    assert (out / "arrangement-2" / "experiment-4" / "run" / "report.html").is_file()
+    assert (out / efficiency["run"].iloc[1] / "report.html").is_file()
 
     trials_before = pd.read_csv(out / "arrangement-1" / "experiment-4" / "tune" / "trials.csv")
     again = covidlens(*command)
@@ -162,6 +176,11 @@ def test_study_tunes_trains_tests_reports_and_resumes(sources, tmp_path):
     other = covidlens(*command, "--set", "train.batch_size=8")
     assert_one_line_error(other, str(out), "overrides")
 
+    part = covidlens(*study_command(first, second, out, "--experiments", "4", "--arrangements", "2"))
+    assert part.returncode == 0, part.stderr
+    kept = pd.read_csv(out / "tuning.csv", dtype={"arrangement": str, "experiment": str})
+    pd.testing.assert_frame_equal(kept, tuning)  # the cells not selected this time stay in the tables
+
 
 def test_transfer_experiment_starts_from_the_weights_file(sources, tmp_path):
     first, second = sources
@@ -169,13 +188,22 @@ def test_transfer_experiment_starts_from_the_weights_file(sources, tmp_path):
     torch.save(torchvision.models.squeezenet1_0().state_dict(), weights)
     out = tmp_path / "study"
     command = study_command(first, second, out, "--experiments", "3", "--arrangements", "2", "--weights", weights)
-    result = covidlens(*command)
+    result = covidlens(*command, "--trials", 1)
     assert result.returncode == 0, result.stderr
     assert "loaded 50 tensors; 2 shape-mismatched" in result.stderr  # all but the 1000-class head
-    config = yaml.safe_load((out / "arrangement-2" / "experiment-3" / "run" / "config.yaml").read_text())
+    cell = out / "arrangement-2" / "experiment-3"
+    config = yaml.safe_load((cell / "run-trial-0" / "config.yaml").read_text())
     assert config["model"]["name"] == "SqueezeNet1.0-bypass" and config["model"]["weights"] == str(weights)
+
+    more = covidlens(*command)  # --trials 2: the search goes on; a new best point trains its own run
+    assert more.returncode == 0, more.stderr
     tuning = pd.read_csv(out / "tuning.csv")
     assert len(tuning) == 1 and tuning["note"].isna().all() and tuning["trials"].tolist() == [2]
+    best = json.loads((cell / "tune" / "best.json").read_text())
+    final = yaml.safe_load((cell / f"run-trial-{best['best_trial']}" / "config.yaml").read_text())
+    assert final["train"]["optimizer"]["lr"] == best["params"]["lr"]
+    efficiency = pd.read_csv(out / "efficiency.csv")
+    assert efficiency["run"].tolist() == [f"arrangement-2/experiment-3/run-trial-{best['best_trial']}"]
 
 
 def test_study_input_errors_are_one_line(sources, tmp_path):
@@ -187,6 +215,12 @@ def test_study_input_errors_are_one_line(sources, tmp_path):
     assert_one_line_error(covidlens(*study_command(first, tmp_path / "nowhere", out)), "nowhere")
     assert_one_line_error(covidlens("study", "nosuchstudy", "--data", first, "--second-source", second),
                           "unknown study", "polsinelli2020")  # fmt: skip
+    not_sgd = covidlens(*study_command(first, second, out, "--set", "train.optimizer.name=adam"))
+    assert_one_line_error(not_sgd, "sgd")  # found before anything is written, not after the first tuning
+    image = next((first / "COVID").rglob("slice_000.png"))
+    pd.DataFrame({"path": [image], "label": ["COVID"], "patient_id": ["x"]}).to_csv(tmp_path / "dup.csv", index=False)
+    shared = covidlens(*study_command(first, tmp_path / "dup.csv", out), "--second-format", "csv")
+    assert_one_line_error(shared, "is also in", "different images")
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     assert_one_line_error(covidlens(*study_command(first, second, tmp_path / "busy")), "not a covidlens study")

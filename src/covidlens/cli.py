@@ -311,9 +311,8 @@ def study(
 
     loaded = load_study(name)
     inputs = StudyInputs(
-        data=_absolute(data), second_source=_absolute(second_source),
-        weights=None if weights is None else _absolute(str(weights)), overrides=list(set_ or []), epochs=epochs,
-        layout=format, second_layout=second_format,
+        data=data, second_source=second_source, weights=None if weights is None else str(weights),
+        overrides=list(set_ or []), epochs=epochs, layout=format, second_layout=second_format,
     )
     study_dir = out or Path("runs") / loaded.name
     run_study(
@@ -321,10 +320,6 @@ def study(
         efficiency_images=images, threads=parse_threads(threads), show_progress=not quiet,
     )
     console.print(f"study folder: {study_dir}  report: {write_study_report(study_dir)}")
-
-
-def _absolute(path: str) -> str:
-    return str(Path(path).resolve()) if Path(path).exists() else path
 
 
 def _names(text: str | None) -> list[str] | None:

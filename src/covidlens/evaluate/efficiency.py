@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -157,6 +158,17 @@ def thread_setting(column: str) -> str:
     return f"{count} thread{'' if count == '1' else 's'}"
 
 
+def efficiency_cells(row: Mapping[str, Any], timing: Sequence[str]) -> list[str]:
+    """One Table 7 row as printed: works, sensitivity %, parameters (M), the ratio in % per million, then ms/image."""
+    return [
+        f"{row['model']} ({row['positive_class']})",
+        f"{100 * row['sensitivity']:.2f}",
+        f"{row['parameters_m']:.2f}",
+        f"{100 * row['sensitivity_per_m']:.2f}",
+        *(f"{row[c]:.2f}" for c in timing),
+    ]
+
+
 def efficiency_rich_table(table: pd.DataFrame) -> Table:
     """Paper 004's Table 7 layout plus CPU ms per image; as there, the ratio is sensitivity in % per million."""
     timing = [c for c in table.columns if c.startswith("ms_per_image_")]
@@ -167,13 +179,7 @@ def efficiency_rich_table(table: pd.DataFrame) -> Table:
     for column in timing:
         out.add_column(f"CPU ms/image ({thread_setting(column)})", justify="right")
     for _, row in table.iterrows():
-        out.add_row(
-            f"{row['model']} ({row['positive_class']})",
-            f"{100 * row['sensitivity']:.2f}",
-            f"{row['parameters_m']:.2f}",
-            f"{100 * row['sensitivity_per_m']:.2f}",
-            *(f"{row[c]:.2f}" for c in timing),
-        )
+        out.add_row(*efficiency_cells(row, timing))
     return out
 
 

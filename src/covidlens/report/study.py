@@ -5,11 +5,15 @@ from __future__ import annotations
 import html
 import json
 from pathlib import Path
+from urllib.parse import quote
+
+import pandas as pd
 
 from covidlens import atomic
 from covidlens.errors import CovidlensError
-from covidlens.evaluate.efficiency import thread_setting
+from covidlens.evaluate.efficiency import efficiency_cells, thread_setting
 from covidlens.report.html import render_page, write_report
+from covidlens.train.hpo import format_tuning_table
 
 TABLE5_METRICS = ("accuracy", "sensitivity", "specificity", "precision", "f1")
 TABLE5_HEADERS = {
@@ -46,21 +50,12 @@ def best_experiments(tuning: list[dict]) -> dict[str, str]:
 
 def tuning_section(results: dict, arrangement: str) -> str:
     """Table 3 / 4 of one arrangement: observed and estimated accuracy and the best hyper-parameters."""
-    headers = ["Exp.", "Obs. Acc.", "Est. Acc.", "Learn. Rate", "Mom.", "L2-Reg.", "Trials", "Note"]
-    rows = []
-    for row in (r for r in results["tuning"] if str(r["arrangement"]) == arrangement):
-        tuned = row.get("observed_accuracy") is not None
-        rows.append(
-            [
-                _cell(row["experiment"]),
-                f"{100 * row['observed_accuracy']:.2f}%" if tuned else "",
-                f"{100 * row['estimated_accuracy']:.2f}%" if tuned else "",
-                *(f"{row[k]:.5g}" if tuned else "" for k in ("learning_rate", "momentum", "l2_regularization")),
-                f"{int(row['trials'])}" if tuned else "",
-                _cell(row.get("note")),
-            ]
-        )
-    return _html_table(headers, rows)
+    rows = pd.DataFrame([r for r in results["tuning"] if str(r["arrangement"]) == arrangement])
+    tuned = rows["observed_accuracy"].notna()
+    shown = pd.DataFrame({"Exp.": rows["experiment"].astype(str)})
+    shown = shown.join(format_tuning_table(rows[tuned]).drop(columns="Exp.")).fillna("")
+    shown = shown.assign(Note=rows["note"].fillna(""))
+    return _html_table(list(shown.columns), [[html.escape(str(v)) for v in row] for row in shown.to_numpy()])
 
 
 def performance_section(results: dict, best: dict[str, str]) -> str:
@@ -90,18 +85,14 @@ def efficiency_section(results: dict) -> str:
     headers += [f"CPU ms/image, {thread_setting(k)}" for k in timing]
     rows = []
     for row in rows_in:
-        done = row.get("sensitivity") is not None
-        rows.append(
-            [
-                _cell(row["arrangement"]), _cell(row["experiment"]),
-                _cell(f"{row['model']} ({row['positive_class']})") if done else _cell(row.get("note")),
-                f"{100 * row['sensitivity']:.2f}" if done else "",
-                f"{row['parameters_m']:.2f}" if done else "",
-                f"{100 * row['sensitivity_per_m']:.2f}" if done else "",
-                *(f"{row[k]:.2f}" if done else "" for k in timing),
-            ]
-        )
+        cells = efficiency_cells(row, timing) if row.get("sensitivity") is not None else [row.get("note") or ""]
+        rows.append([_cell(row["arrangement"]), _cell(row["experiment"]), *(html.escape(c) for c in cells)])
     return _html_table(headers, rows)
+
+
+def run_folders(study_dir: Path, results: dict) -> list[Path]:
+    """The run directories of the study's cells, as its efficiency table lists them."""
+    return [study_dir / row["run"] for row in results["efficiency"] if row.get("run")]
 
 
 def build_study_report(study_dir: Path) -> str:
@@ -124,9 +115,9 @@ def build_study_report(study_dir: Path) -> str:
         f"<li>{html.escape(name)}: {html.escape(title)}</li>" for name, title in results["experiments"].items()
     )
     cells = [
-        f'<li><a href="{html.escape(path.relative_to(study_dir).as_posix())}">'
-        f"{html.escape(path.parents[2].name)}, {html.escape(path.parents[1].name)}</a></li>"
-        for path in sorted(study_dir.glob("arrangement-*/experiment-*/run/report.html"))
+        f'<li><a href="{html.escape(quote((run / "report.html").relative_to(study_dir).as_posix()))}">'
+        f"{html.escape(run.relative_to(study_dir).as_posix())}</a></li>"
+        for run in run_folders(study_dir, results)
     ]
     fields = {
         "paper": html.escape(results.get("paper") or ""),
@@ -146,7 +137,9 @@ def build_study_report(study_dir: Path) -> str:
 def write_study_report(study_dir: str | Path) -> Path:
     """Write each trained run's report.html, then study_dir/report.html linking them; return its path."""
     study_dir = Path(study_dir)
-    for metrics in sorted(study_dir.glob("arrangement-*/experiment-*/run/metrics.json")):
-        write_report(metrics.parent)
+    results_file = study_dir / "results.json"
+    if results_file.is_file():
+        for run in run_folders(study_dir, json.loads(results_file.read_text(encoding="utf-8"))):
+            write_report(run)
     return atomic.write_text(study_dir / "report.html", build_study_report(study_dir))
 

@@ -163,7 +163,8 @@ def _check_new_run_folder(paths: RunPaths) -> None:
             raise CovidlensError(f"{paths.root}: exists and is not a covidlens run; choose another --out")
 
 
-def _index(data: str, options: IndexOptions, layout: str | None, relabel: dict[str, str]) -> pd.DataFrame:
+def index_data(data: str, options: IndexOptions, layout: str | None, relabel: dict[str, str]) -> pd.DataFrame:
+    """The data's manifest, labels renamed by `relabel`; unreadable files are counted and skipped."""
     result = index_dataset(data, layout=layout, options=options)
     if result.skipped:
         console.print(f"[yellow]skipped {len(result.skipped)} unreadable file(s) while indexing {data}[/]")
@@ -193,7 +194,8 @@ def _check_positive_class(recipe: Recipe, classes: list[str]) -> None:
         )
 
 
-def _class_list(manifest: pd.DataFrame, recipe: Recipe) -> list[str]:
+def class_list(manifest: pd.DataFrame, recipe: Recipe) -> list[str]:
+    """The run's classes in order: data.classes, else the sorted labels; a label outside data.classes is an error."""
     classes = recipe.data.classes or class_names(manifest)
     unknown = sorted(set(manifest["label"]) - set(classes))
     if unknown:
@@ -218,7 +220,7 @@ def prepare_run(
         samples = _samples(manifest, recipe)
         folds = pd.read_csv(paths.folds, dtype={"sample_id": str})
         check_folds(folds, samples)
-        classes = _class_list(manifest, recipe)
+        classes = class_list(manifest, recipe)
         device = select_device(recipe.train.device)
         prep = _read_preprocessing(paths, recipe)
         external = (None, None)
@@ -228,8 +230,8 @@ def prepare_run(
         run = RunData(paths, recipe, manifest, samples, folds, classes, device, prep, external_test, *external)
         return run, True
     _check_new_run_folder(paths)
-    manifest = _index(data, options, layout, recipe.data.relabel)
-    classes = _class_list(manifest, recipe)
+    manifest = index_data(data, options, layout, recipe.data.relabel)
+    classes = class_list(manifest, recipe)
     _check_positive_class(recipe, classes)
     prep = _preprocessing(manifest, recipe)
     check_model_input(
@@ -275,7 +277,7 @@ def _index_external(
 ) -> pd.DataFrame:
     """Index an external test set (its layout detected) and check it: only the run's classes, no patient and no
     image of the training data."""
-    external = _index(external_test, options, None, relabel)
+    external = index_data(external_test, options, None, relabel)
     unknown = sorted(set(external["label"].astype(str)) - set(classes))
     if unknown:
         raise CovidlensError(
@@ -472,8 +474,8 @@ def run_cv(
     `cache_dir` lets several runs on the same data share one decode-once cache (a sweep does). Every fold model
     also predicts `external_test` (a dataset folder or manifest CSV of other patients), scored apart.
     """
-    data = _resolved(data)
-    external = None if external_test is None else _resolved(external_test)
+    data = resolved_path(data)
+    external = None if external_test is None else resolved_path(external_test)
     run, resumed = prepare_run(recipe, data, Path(out), layout, options or IndexOptions(), external)
     if cache_dir is not None:
         run.paths.cache = Path(cache_dir)
@@ -491,7 +493,8 @@ def run_cv(
     return finish_run(run)
 
 
-def _resolved(path: str | Path) -> str:
+def resolved_path(path: str | Path) -> str:
+    """An existing path made absolute (a run records where its data is); anything else as given."""
     return str(Path(path).resolve()) if Path(path).exists() else str(path)
 
 

@@ -38,7 +38,7 @@ from covidlens.data.adapters.base import IndexOptions
 from covidlens.errors import CovidlensError
 from covidlens.progress import console
 from covidlens.resume import folder_record
-from covidlens.train.cv import RunData, fold_keys, image_source, prepare_run, train_fold
+from covidlens.train.cv import RunData, fold_keys, image_source, prepare_run, resolved_path, train_fold
 
 PARAMS = ("lr", "momentum", "weight_decay")  # optuna parameter names = trials.csv columns
 TRIAL_COLUMNS = ["number", "state", *PARAMS, "val_accuracy", "seconds"]
@@ -84,6 +84,12 @@ LOG_SCALED = {"lr": True, "momentum": False, "weight_decay": True}
 
 # ----------------------------------------------------------------------------------------------------------
 # checks before anything is written
+
+
+def check_trials(trials: int) -> None:
+    """A study needs at least one trial."""
+    if trials < 1:
+        raise CovidlensError(f"--trials {trials}: a study needs at least 1 trial")
 
 
 def check_sgd(recipe: Recipe) -> None:
@@ -245,15 +251,14 @@ def run_tuning(
     The sampler is seeded from (`seed`, trials already in the study), so a resumed study proposes new points
     rather than replaying the first ones. Machines sharing a storage should each get their own `seed`.
     """
-    if trials < 1:
-        raise CovidlensError(f"--trials {trials}: a study needs at least 1 trial")
+    check_trials(trials)
     if startup_trials is not None and startup_trials < 1:
         raise CovidlensError(f"--startup-trials {startup_trials}: give at least 1")
     check_sgd(recipe)
     out = Path(out)
     url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
     shown = check_storage_url(url)
-    data = str(Path(data).resolve()) if Path(data).exists() else str(data)
+    data = resolved_path(data)
     name = study_name or recipe.name
     record = {"study": name, "storage": shown, "data": data}
     _check_out_folder(out, record)

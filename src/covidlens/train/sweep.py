@@ -24,7 +24,7 @@ from covidlens.data.adapters.base import IndexOptions
 from covidlens.errors import CovidlensError
 from covidlens.evaluate.tables import comparison_csv, comparison_rows
 from covidlens.progress import console
-from covidlens.train.cv import run_cv
+from covidlens.train.cv import resolved_path, run_cv
 
 DEFAULT_RESAMPLES = 1000  # paper 002's bootstrap, when the recipe does not set evaluate.bootstrap_resamples
 
@@ -181,7 +181,7 @@ def run_sweep(
     show_progress: bool = True,
 ) -> list[dict]:
     """Run (or resume) every cell of the grid, then write the comparison table; return its rows."""
-    data = str(Path(data).resolve()) if Path(data).exists() else str(data)
+    data = resolved_path(data)
     sweep = Sweep(Path(out), recipe, list(overrides or []), parse_grid(grid))
     recipes = [sweep.cell_recipe(cell) for cell in sweep.cells]  # every cell's recipe is checked before any runs
     positive = recipes[0].evaluate.positive_class
