@@ -135,6 +135,16 @@ def test_true_classes_from_the_index_or_folder_names(tiny_run, tmp_path):
     found = true_classes([ExplainItem(loose, "x", [loose]), ExplainItem(elsewhere, "y", [elsewhere])],
                          [loose, elsewhere], ["COVID", "Healthy", "Others"])
     assert found == ["COVID", None]
+    merged = {"Healthy": "NonCOVID", "Others": "NonCOVID"}  # a COVID vs not-COVID model (data.relabel)
+    binary = true_classes(items, [tiny_run / "data"], ["COVID", "NonCOVID"], merged)
+    assert binary == [merged.get(item.path.parts[-3], item.path.parts[-3]) for item in items]
+    assert set(binary) == {"COVID", "NonCOVID"}
+    healthy = tmp_path / "healthy" / "z.png"  # a folder name renamed too
+    healthy.parent.mkdir()
+    shutil.copy(items[0].path, healthy)
+    assert true_classes([ExplainItem(healthy, "z", [healthy])], [healthy], ["COVID", "NonCOVID"], merged) == [
+        "NonCOVID"
+    ]
 
 
 def test_refusals(tiny_run, tmp_path):

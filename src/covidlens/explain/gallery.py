@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,10 +125,17 @@ def _geometry(prep: Preprocessing) -> str:
     return f"{height}x{width} ({'stretched' if prep.resize == 'square' else 'method ' + prep.resize})"
 
 
-def true_classes(items: Sequence[ExplainItem], paths: Sequence[str | Path], classes: Sequence[str]) -> list[str | None]:
+def true_classes(
+    items: Sequence[ExplainItem],
+    paths: Sequence[str | Path],
+    classes: Sequence[str],
+    relabel: Mapping[str, str] | None = None,
+) -> list[str | None]:
     """Each image's true class: its label when a folder given indexes as a known layout, else the name of the
-    nearest folder above it named like a class (any case); None when neither tells."""
+    nearest folder above it named like a class (any case); None when neither tells. Labels and folder names the
+    models' `data.relabel` renamed count as their new class (Healthy -> NonCOVID)."""
     by_name = {name.casefold(): name for name in classes}
+    by_name.update({old.casefold(): new for old, new in (relabel or {}).items() if new in classes})
     indexed: dict[str, str] = {}
     for folder in (Path(p) for p in paths if Path(p).is_dir()):
         try:
@@ -245,7 +252,7 @@ def run_gallery(
     items, skipped = collect_images(data)
     for path, reason in skipped:
         console.print(f"[yellow]skipped {path}: {reason}[/]", highlight=False)
-    labels = true_classes(items, data, classes)
+    labels = true_classes(items, data, classes, base.recipe.data.relabel)
     unlabelled = sum(label is None for label in labels)
     if unlabelled:
         console.print(
