@@ -163,6 +163,10 @@ def test_study_tunes_trains_tests_reports_and_resumes(sources, tmp_path):
                    "CPU ms/image, 1 thread", "--weights FILE"):  # fmt: skip
         assert needle in report, needle
     assert (out / efficiency["run"].iloc[1] / "report.html").is_file()
+    # each arrangement decodes its images once, for its searches and runs together (arrangement 1: + Test-2)
+    assert len(list((out / "arrangement-1" / "cache").glob("images-*.npy"))) == 2
+    assert len(list((out / "arrangement-2" / "cache").glob("images-*.npy"))) == 1
+    assert not list(out.glob("arrangement-*/experiment-*/*/cache")) and not list(out.glob("**/run/cache"))
 
     trials_before = pd.read_csv(out / "arrangement-1" / "experiment-4" / "tune" / "trials.csv")
     again = covidlens(*command)

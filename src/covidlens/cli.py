@@ -77,7 +77,7 @@ def synth(
     if site != 1:
         options["site"] = site
     if classes is not None:
-        options["classes"] = [c.strip() for c in classes.split(",") if c.strip()]
+        options["classes"] = _comma_list(classes)
     with progress_bar(f"synth {kind}", patients) as update:
         rows = synthesize(
             kind, out, patients, seed=seed, difficulty=difficulty, size=size, progress=update, **options
@@ -316,13 +316,14 @@ def study(
     )
     study_dir = out or Path("runs") / loaded.name
     run_study(
-        loaded, inputs, study_dir, arrangements=_names(arrangements), experiments=_names(experiments), trials=trials,
-        efficiency_images=images, threads=parse_threads(threads), show_progress=not quiet,
+        loaded, inputs, study_dir, arrangements=_comma_list(arrangements), experiments=_comma_list(experiments),
+        trials=trials, efficiency_images=images, threads=parse_threads(threads), show_progress=not quiet,
     )
     console.print(f"study folder: {study_dir}  report: {write_study_report(study_dir)}")
 
 
-def _names(text: str | None) -> list[str] | None:
+def _comma_list(text: str | None) -> list[str] | None:
+    """'a, b,' -> ['a', 'b']; None stays None (the option was not given)."""
     return None if text is None else [part.strip() for part in text.split(",") if part.strip()]
 
 
@@ -507,7 +508,7 @@ def activations(
         raise CovidlensError(f"{image}: no such image file or scan folder")
     from covidlens.explain.activations import write_activation_maps
 
-    names = [name.strip() for name in layers.split(",") if name.strip()] if layers is not None else None
+    names = _comma_list(layers)
     if layers is not None and not names:
         raise CovidlensError("--layers is empty; give module names separated by commas")
     write_activation_maps(

@@ -40,6 +40,13 @@ def _no_weights(name: str, pretrained: bool) -> None:
         raise CovidlensError(f"{name} has no pretrained weights; set model.pretrained=false (or model.weights=FILE)")
 
 
+def _require_positive(name: str, **options: float) -> None:
+    """Every option (a size, a count, a rate) must be above 0."""
+    for key, value in options.items():
+        if value <= 0:
+            raise CovidlensError(f"model.options.{key}: {value} must be above 0 for {name}")
+
+
 class OneVsAllHingeLoss(nn.Module):
     """Paper 003's SVM objective, scaled so that plain SGD with lr = 1 makes exactly its update rule.
 
@@ -175,9 +182,7 @@ def linear_svm(
     """The SVM over height x width x in_chans pixels (a run passes its input size); c, epsilon, epochs are
     model.options; drop_rate does not apply."""
     _no_weights("LinearSVM", pretrained)
-    for key, value in (("c", c), ("epsilon", epsilon), ("epochs", epochs), ("height", height), ("width", width)):
-        if value <= 0:
-            raise CovidlensError(f"model.options.{key}: {value} must be above 0 for LinearSVM")
+    _require_positive("LinearSVM", c=c, epsilon=epsilon, epochs=epochs, height=height, width=width)
     return make_linear_svm(num_classes, in_chans * height * width, c=c, epsilon=epsilon, epochs=epochs)
 
 
@@ -200,7 +205,5 @@ def mlp(
     """The MLP over height x width x in_chans pixels (a run passes its input size); hidden (model.options) units
     per layer; drop_rate (default none) drops hidden units before the output."""
     _no_weights("MLP", pretrained)
-    for key, value in (("hidden", hidden), ("height", height), ("width", width)):
-        if value < 1:
-            raise CovidlensError(f"model.options.{key}: {value} must be at least 1 for MLP")
+    _require_positive("MLP", hidden=hidden, height=height, width=width)
     return make_mlp(num_classes, in_chans * height * width, hidden=hidden, drop_rate=drop_rate or 0.0)

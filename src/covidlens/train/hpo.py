@@ -245,8 +245,11 @@ def run_tuning(
     options: IndexOptions | None = None,
     space: SearchSpace = DEFAULT_SPACE,
     show_progress: bool = True,
+    cache_dir: str | Path | None = None,
 ) -> dict:
     """Run (or resume) a study until `trials` trials are COMPLETE; write trials.csv, best.json, table.csv.
+
+    `cache_dir` lets the search share a decode-once cache with other runs on the same data (a study's do).
 
     The sampler is seeded from (`seed`, trials already in the study), so a resumed study proposes new points
     rather than replaying the first ones. Machines sharing a storage should each get their own `seed`.
@@ -266,6 +269,8 @@ def run_tuning(
     with _quiet_optuna():
         try:
             run, _ = prepare_run(recipe, data, out / "run", layout, options or IndexOptions())
+            if cache_dir is not None:
+                run.paths.cache = Path(cache_dir)
             key = fold_keys(run.folds)[0]
             fingerprint = study_record(recipe, split_fingerprint(run, key), space)
             study = open_study(open_storage(url, shown), name, fingerprint, shown)

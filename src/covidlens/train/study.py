@@ -17,10 +17,12 @@ Arrangement 2 ("mixed") trains on both: the first source keeps the split of the 
 not-COVID rows and adds 60 / 20 / 20 Italian images), written as the manifest's fixed `split` column. An
 experiment that transfers ImageNet weights needs `--weights FILE`; without one its rows say why they are missing.
 
-Every cell trains one model (a holdout or fixed split, one round). Everything resumes: each tuning study and each
-run continues where it stopped; a cell whose best point changed (more --trials) trains a new run, named by its
-best trial. The first call's inputs are kept in `study.json`; a rerun with other data, weights or overrides is
-refused once a cell has started. The tables hold every cell run so far, whichever were selected this time.
+Every cell trains one model (a holdout or fixed split, one round); the searches and runs of an arrangement share
+one decode-once cache (`arrangement-N/cache`, keyed by the files and the preprocessing as every cache is).
+Everything resumes: each tuning study and each run continues where it stopped; a cell whose best point changed
+(more --trials) trains a new run, named by its best trial. The first call's inputs are kept in `study.json`; a
+rerun with other data, weights or overrides is refused once a cell has started. The tables hold every cell run
+so far, whichever were selected this time.
 """
 
 from __future__ import annotations
@@ -360,6 +362,7 @@ def tune_cell(
         trials or study.trials,
         study_name=f"{study.name}-arrangement-{arrangement.name}-experiment-{experiment.name}",
         show_progress=show_progress,
+        cache_dir=cell_dir.parent / "cache",
     )
     row = pd.read_csv(cell_dir / "tune" / "table.csv").iloc[0].to_dict()
     return row, experiment_recipe(study, arrangement, experiment, inputs, best["set"])
@@ -370,7 +373,8 @@ def run_cell(
     show_progress: bool,
 ) -> tuple[list[dict], dict]:
     """Train and test one cell's final model; return its Table 5 rows and its Table 7 row."""
-    summary = run_cv(final, data, run_dir, show_progress=show_progress, external_test=external)
+    cache = run_dir.parents[1] / "cache"  # the arrangement's, shared with its searches
+    summary = run_cv(final, data, run_dir, show_progress=show_progress, cache_dir=cache, external_test=external)
     classes = [str(c) for c in summary["classes"]]
     positive = positive_class(classes, final.evaluate.positive_class)
     performance = [{"model": final.model.name, **row} for row in performance_rows(run_dir, classes, positive)]
